@@ -1,0 +1,60 @@
+"""Sharpness-aware optimizers for long-tailed classification.
+
+All of them (but CC-SAM) are one engine, :class:`WeightedSAM`, for the rule
+``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)`` with per-class
+clean weights ``a`` and sharp weights ``b``. They wrap any torch optimizer and
+never import the trainer, so they fit any training loop.
+"""
+
+from focalsam.optim.class_weights import (
+    class_priors,
+    focal_weights,
+    imbsam_weights,
+    tail_mask,
+    validate_class_counts,
+)
+from focalsam.optim.engine import WeightedSAM
+from focalsam.optim.errors import (
+    ClassCountsError,
+    InvalidHyperparameterError,
+    LabelError,
+    LossShapeError,
+    NonFiniteLossError,
+    OptimizerInputError,
+    StepOrderError,
+)
+from focalsam.optim.focal_sam import FocalSAM
+from focalsam.optim.imbsam import ImbSAM
+from focalsam.optim.registry import (
+    BASE_OPTIMIZERS,
+    create_optimizer,
+    list_optimizers,
+    register_optimizer,
+    resolve_base_optimizer,
+)
+from focalsam.optim.sam import SAM, PlainOptimizer
+
+__all__ = [
+    "BASE_OPTIMIZERS",
+    "SAM",
+    "ClassCountsError",
+    "FocalSAM",
+    "ImbSAM",
+    "InvalidHyperparameterError",
+    "LabelError",
+    "LossShapeError",
+    "NonFiniteLossError",
+    "OptimizerInputError",
+    "PlainOptimizer",
+    "StepOrderError",
+    "WeightedSAM",
+    "class_priors",
+    "create_optimizer",
+    "focal_weights",
+    "imbsam_weights",
+    "list_optimizers",
+    "register_optimizer",
+    "resolve_base_optimizer",
+    "tail_mask",
+    "validate_class_counts",
+]

@@ -1,0 +1,613 @@
+"""The shared engine: one update rule with two per-sample weight vectors.
+
+For a batch of ``B`` per-sample losses ``l_n`` with clean weights ``a_n`` and
+sharp weights ``b_n`` (DESIGN section 3)::
+
+    g_b(theta) = grad (1/B) sum_n b_n l_n(theta)
+    eps        = rho * g_b / ||g_b||            (adaptive: rho * p^2 g_b / ||p * g_b||)
+    g          = grad (1/B) sum_n a_n l_n(theta) + grad (1/B) sum_n b_n l_n(theta + eps)
+    theta     <- base_optimizer.step(theta, g)
+
+Plain training is ``a = 1, b = 0``; SAM is ``a = 0, b = 1``; ImbSAM and
+Focal-SAM use per-class weights. A backward pass whose weights are all zero is
+skipped, so SAM costs 2 forward + 2 backward passes and Focal-SAM 2 + 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from focalsam.optim.errors import (
+    InvalidHyperparameterError,
+    LabelError,
+    LossShapeError,
+    NonFiniteLossError,
+    StepOrderError,
+)
+
+Weights = float | Sequence[float] | Tensor | np.ndarray
+BackwardFn = Callable[..., Any]
+BatchNormUpdate = Literal["both", "clean"]
+
+_IDLE, _CLEAN_DONE, _PERTURBED = "idle", "clean-done", "perturbed"
+
+
+def _default_backward(loss: Tensor, retain_graph: bool = False) -> None:
+    loss.backward(retain_graph=retain_graph)
+
+
+def _as_weights(weights: Weights, name: str) -> float | Tensor:
+    """A constant (float) or a 1-D float64 CPU tensor of per-class weights."""
+    if isinstance(weights, int | float):
+        w = float(weights)
+        if not math.isfinite(w):
+            raise InvalidHyperparameterError(f"{name} must be finite, got {w}")
+        return w
+    t = torch.as_tensor(
+        weights.detach().cpu() if isinstance(weights, Tensor) else weights, dtype=torch.float64
+    )
+    if t.ndim != 1 or t.numel() == 0:
+        raise InvalidHyperparameterError(
+            f"{name} must be a number or a non-empty 1-D per-class sequence, "
+            f"got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise InvalidHyperparameterError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def _is_zero(w: float | Tensor) -> bool:
+    return bool(w == 0) if isinstance(w, float) else not bool(w.ne(0).any())
+
+
+class WeightedSAM(Optimizer):
+    """Sharpness-aware minimization with per-class clean and sharp weights.
+
+    ``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)``, with
+    ``eps = rho * g_b / ||g_b||`` from ``g_b = grad mean(b * l)(theta)``.
+
+    Args:
+        params: parameters or parameter groups (groups may set their own
+            ``rho`` and ``adaptive`` besides the base optimizer's options).
+        base_optimizer: a ``torch.optim.Optimizer`` class (constructed here on
+            the same parameter groups with ``**base_kwargs``), or an already
+            constructed instance (then ``params`` must be ``None``).
+        clean_weights: ``a`` per class (a sequence of length C) or one number.
+        sharp_weights: ``b`` per class or one number.
+        rho: radius of the ascent step (>= 0).
+        adaptive: ASAM's scale-invariant ascent ``rho * p^2 g / ||p g||``.
+        model: the module being trained. Needed for ``bn_update="clean"`` and
+            for DDP (its ``no_sync`` wraps the first forward and the clean
+            backward passes, so a step does one all-reduce).
+        bn_update: ``"both"`` (default, as the published code) updates
+            BatchNorm running statistics in both forward passes; ``"clean"``
+            freezes them during the perturbed pass.
+        ascent_all_reduce: under DDP, average ``g_b(theta)`` over replicas
+            before the ascent, so a DDP run equals one process on the global
+            batch (one extra all-reduce per step). Off: ``eps`` is per replica.
+        max_grad_norm: clip the final gradient to this norm before the base step.
+        check_finite: raise :class:`NonFiniteLossError` (and take no step) when
+            a forward returns a NaN/inf loss. Costs one host sync per forward.
+        **base_kwargs: options of the base optimizer (``lr``, ``momentum``, ...).
+
+    Use it with :meth:`step` and a closure that runs the forward pass and
+    returns per-sample losses, or with the explicit phases
+    :meth:`first_step` / :meth:`second_step`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None,
+        base_optimizer: type[Optimizer] | Optimizer = torch.optim.SGD,
+        *,
+        clean_weights: Weights,
+        sharp_weights: Weights,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        model: nn.Module | None = None,
+        bn_update: BatchNormUpdate = "both",
+        ascent_all_reduce: bool = False,
+        max_grad_norm: float | None = None,
+        check_finite: bool = True,
+        **base_kwargs: Any,
+    ) -> None:
+        _validate_rho(rho)
+        if bn_update not in ("both", "clean"):
+            raise InvalidHyperparameterError(
+                f"bn_update must be 'both' or 'clean', got {bn_update!r}"
+            )
+        if bn_update == "clean" and model is None:
+            raise InvalidHyperparameterError(
+                "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
+            )
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        self.clean_weights = _as_weights(clean_weights, "clean_weights")
+        self.sharp_weights = _as_weights(sharp_weights, "sharp_weights")
+        lengths = {
+            w.numel() for w in (self.clean_weights, self.sharp_weights) if isinstance(w, Tensor)
+        }
+        if len(lengths) > 1:
+            raise InvalidHyperparameterError(
+                f"clean_weights and sharp_weights have different lengths {sorted(lengths)}"
+            )
+        self.num_classes: int | None = lengths.pop() if lengths else None
+        self._clean_is_zero = _is_zero(self.clean_weights)
+        self._sharp_is_zero = _is_zero(self.sharp_weights)
+
+        defaults = {"rho": rho, "adaptive": adaptive}
+        if isinstance(base_optimizer, Optimizer):
+            if params is not None:
+                raise InvalidHyperparameterError(
+                    "base_optimizer is already constructed: pass params=None (its "
+                    "parameter groups are used)"
+                )
+            if base_kwargs:
+                raise InvalidHyperparameterError(
+                    f"options {sorted(base_kwargs)} go to the constructed base optimizer, not here"
+                )
+            base = base_optimizer
+            super().__init__(base.param_groups, defaults)
+        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
+            if params is None:
+                raise InvalidHyperparameterError("params is required with an optimizer class")
+            super().__init__(params, defaults)
+            base = base_optimizer(self.param_groups, **base_kwargs)
+        else:
+            raise InvalidHyperparameterError(
+                "base_optimizer must be a torch.optim.Optimizer class or instance, "
+                f"got {base_optimizer!r}"
+            )
+        for group in base.param_groups:
+            _validate_rho(group.setdefault("rho", rho))
+            group.setdefault("adaptive", adaptive)
+        self.base_optimizer = base
+        # Share groups and state: a scheduler on this object drives the base lr.
+        self.param_groups = base.param_groups
+        self.state = base.state
+        self.model = model
+        self.bn_update: BatchNormUpdate = bn_update
+        self.ascent_all_reduce = ascent_all_reduce
+        self.max_grad_norm = max_grad_norm
+        self.check_finite = check_finite
+
+        self._weights_cache: dict[
+            tuple[str, torch.dtype], tuple[float | Tensor, float | Tensor]
+        ] = {}
+        # Transient per-parameter buffers, allocated once, never saved.
+        self._eps: dict[Tensor, Tensor] = {}
+        self._backup: dict[Tensor, Tensor] = {}
+        self._flat: Tensor | None = None
+        self._phase = _IDLE
+        self._pending: dict[str, Any] = {}
+        self._pending_params: list[Tensor] = []
+        self._warned_no_model = False
+        self._bn_saved: list[tuple[nn.modules.batchnorm._BatchNorm, Any, Tensor | None]] = []
+
+    # ------------------------------------------------------------------ API
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Any] | None = None,
+        targets: Tensor | None = None,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        backward: BackwardFn | None = None,
+    ) -> Any:
+        """One full update.
+
+        ``closure()`` runs the forward pass and returns the per-sample losses
+        (shape ``(B,)``), or a tuple whose first element they are (the rest,
+        e.g. logits, is passed through). It is called once at ``theta`` and,
+        unless every sharp weight of the batch is zero, once at
+        ``theta + eps``. ``targets`` are the labels ``(B,)`` that pick each
+        sample's weights. Gradients are zeroed here: no ``zero_grad`` needed.
+
+        Returns the first call's output with its losses detached.
+        """
+        if closure is None:
+            raise StepOrderError(
+                f"{type(self).__name__}.step needs a closure returning per-sample losses; "
+                "for explicit phases call first_step(losses, targets) and second_step(losses)"
+            )
+        with self.clean_context():
+            out = closure()
+            losses = _losses_of(out)
+            perturbed = self.first_step(losses, targets, scaler=scaler, backward=backward)
+        if perturbed:
+            self.second_step(_losses_of(closure()), backward=backward)
+        elif self._phase == _CLEAN_DONE:
+            self.second_step(None, backward=backward)
+        if isinstance(out, tuple):
+            return (losses.detach(), *out[1:])
+        return losses.detach()
+
+    def clean_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the first forward and the clean backward passes.
+
+        Under DDP (``model`` has ``no_sync``) it is ``model.no_sync()``, so only
+        the perturbed backward all-reduces; otherwise it does nothing. When the
+        rule never takes a perturbed pass (all sharp weights zero), the clean
+        backward must synchronize and this is a no-op too.
+        """
+        if self._sharp_is_zero or not _distributed():
+            return contextlib.nullcontext()
+        no_sync = getattr(self.model, "no_sync", None)
+        if no_sync is None:
+            if not self._warned_no_model:
+                self._warned_no_model = True
+                warnings.warn(
+                    f"{type(self).__name__} runs under torch.distributed without a DDP model: "
+                    "pass model=ddp_model so the clean passes skip their all-reduce "
+                    "(one all-reduce per step instead of three)",
+                    stacklevel=3,
+                )
+            return contextlib.nullcontext()
+        return no_sync()
+
+    @torch.no_grad()
+    def first_step(
+        self,
+        losses: Tensor,
+        targets: Tensor | None = None,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        backward: BackwardFn | None = None,
+    ) -> bool:
+        """Clean phase: ascent direction, clean gradient, move to ``theta + eps``.
+
+        ``losses`` are the per-sample losses of a forward pass at ``theta``
+        (run it inside :meth:`clean_context` under DDP). Returns ``True`` when
+        the parameters were perturbed and :meth:`second_step` needs the losses
+        of a forward pass at ``theta + eps``; ``False`` when it needs none.
+        """
+        if self._phase != _IDLE:
+            raise StepOrderError(
+                "first_step called twice without second_step; call second_step to finish"
+            )
+        batch = _check_losses(losses, targets)
+        a, b = self._sample_weights(targets, batch, losses)
+        run_a, run_b = self._decide(losses, targets, a, b)
+        backward_fn = backward or _default_backward
+        if scaler is not None and not scaler.is_enabled():
+            scaler = None
+        params = self._trainable()
+        _zero_grads(params)
+        if run_b:
+            with torch.enable_grad():
+                backward_fn(_scaled(_weighted_mean(losses, b, batch), scaler), retain_graph=run_a)
+            inv_scale = 1.0 if scaler is None else 1.0 / float(scaler.get_scale())
+            if not self._ascent(params, inv_scale, check=scaler is not None):
+                # fp16 overflow in g_b: let the scaler see the inf and skip the step.
+                assert scaler is not None
+                self._pending = {"scaler": scaler, "skip": True}
+                self._phase = _CLEAN_DONE
+                return False
+            _zero_grads(params)
+        if run_a:
+            with torch.enable_grad():
+                backward_fn(_scaled(_weighted_mean(losses, a, batch), scaler), retain_graph=False)
+        self._pending = {"scaler": scaler, "b": b, "batch": batch, "skip": False}
+        if run_b:
+            self._perturb()
+            self._phase = _PERTURBED
+            return True
+        self._phase = _CLEAN_DONE
+        return False
+
+    @torch.no_grad()
+    def second_step(
+        self, losses: Tensor | None = None, *, backward: BackwardFn | None = None
+    ) -> None:
+        """Perturbed phase and update: add the sharp gradient at ``theta + eps``,
+        restore ``theta``, clip, and take the base optimizer's step.
+
+        ``losses``: per-sample losses of a forward pass at ``theta + eps``, or
+        ``None`` when :meth:`first_step` returned ``False``.
+        """
+        if self._phase == _IDLE:
+            raise StepOrderError("second_step called before first_step")
+        pending, self._pending = self._pending, {}
+        try:
+            if self._phase == _PERTURBED:
+                if losses is None:
+                    raise StepOrderError(
+                        "first_step perturbed the parameters: second_step needs the losses "
+                        "of a forward pass at theta + eps"
+                    )
+                batch = _check_losses(losses, None, expected=pending["batch"])
+                if self.check_finite and not bool(torch.isfinite(losses.detach()).all()):
+                    raise NonFiniteLossError(
+                        "the forward pass at theta + eps returned non-finite losses; "
+                        "the parameters were restored and no step was taken"
+                    )
+                with torch.enable_grad():
+                    fn = backward or _default_backward
+                    fn(_scaled(_weighted_mean(losses, pending["b"], batch), pending["scaler"]))
+            elif losses is not None:
+                raise StepOrderError(
+                    "first_step returned False (no perturbed pass): call second_step(None)"
+                )
+        except BaseException:
+            self._restore()
+            self._phase = _IDLE
+            raise
+        self._restore()
+        self._phase = _IDLE
+        self._update(pending.get("scaler"), skip=pending.get("skip", False))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state (momentum, moments, param groups with ``rho``)."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        base = getattr(self, "base_optimizer", None)
+        if base is None:  # during Optimizer.__init__
+            super().add_param_group(param_group)
+            return
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        _validate_rho(param_group["rho"])
+        base.add_param_group(param_group)
+
+    # -------------------------------------------------------------- helpers
+    def _sample_weights(
+        self, targets: Tensor | None, batch: int, losses: Tensor
+    ) -> tuple[float | Tensor, float | Tensor]:
+        if self.num_classes is None:
+            return self.clean_weights, self.sharp_weights  # type: ignore[return-value]
+        if targets is None:
+            raise LabelError(
+                f"{type(self).__name__} weights samples by class: pass the labels "
+                "as targets (shape (B,))"
+            )
+        key = (str(losses.device), losses.dtype)
+        table = self._weights_cache.get(key)
+        if table is None:
+            table = (
+                _on(self.clean_weights, losses),
+                _on(self.sharp_weights, losses),
+            )
+            self._weights_cache[key] = table
+        idx = targets.clamp(0, self.num_classes - 1)
+        clean, sharp = table
+        return (
+            clean[idx] if isinstance(clean, Tensor) else clean,
+            sharp[idx] if isinstance(sharp, Tensor) else sharp,
+        )
+
+    def _decide(
+        self, losses: Tensor, targets: Tensor | None, a: float | Tensor, b: float | Tensor
+    ) -> tuple[bool, bool]:
+        """Check labels and losses, and decide which backward passes to run (one sync)."""
+        checks: list[Tensor] = []
+        if self.num_classes is not None and targets is not None:
+            checks.append(((targets >= 0) & (targets < self.num_classes)).all())
+        if self.check_finite:
+            checks.append(torch.isfinite(losses.detach()).all())
+        # Skipping on this batch's weights is data dependent: under DDP every
+        # replica must take the same passes, so only skip what is zero for all.
+        dynamic = not _distributed()
+        if dynamic and isinstance(a, Tensor):
+            checks.append(a.ne(0).any())
+        if dynamic and isinstance(b, Tensor):
+            checks.append(b.ne(0).any())
+        values = torch.stack(checks).tolist() if checks else []
+        if self.num_classes is not None and targets is not None and not values.pop(0):
+            raise LabelError(
+                f"labels must lie in [0, {self.num_classes}); got values in "
+                f"[{int(targets.min())}, {int(targets.max())}]"
+            )
+        if self.check_finite and not values.pop(0):
+            bad = int((~torch.isfinite(losses.detach())).sum())
+            raise NonFiniteLossError(
+                f"the forward pass returned {bad} non-finite losses out of {losses.numel()}; "
+                "no step was taken"
+            )
+        run_a, run_b = not self._clean_is_zero, not self._sharp_is_zero
+        if dynamic and isinstance(a, Tensor):
+            run_a = bool(values.pop(0))
+        if dynamic and isinstance(b, Tensor):
+            run_b = bool(values.pop(0))
+        return run_a, run_b
+
+    def _trainable(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _ascent(self, params: list[Tensor], inv_scale: float, check: bool) -> bool:
+        """Write ``eps`` from the gradients in ``.grad``; False if they are not finite."""
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            return True
+        grads = [p.grad for p in with_grad]
+        if inv_scale != 1.0:
+            torch._foreach_mul_(grads, inv_scale)  # type: ignore[arg-type]
+        if self.ascent_all_reduce and _distributed():
+            self._all_reduce(params)
+            with_grad = params
+            grads = [p.grad for p in params]
+        eps = [self._buffer(self._eps, p) for p in with_grad]
+        torch._foreach_copy_(eps, grads)  # type: ignore[arg-type]
+        # Group the parameters by param group (rho, adaptive may differ per group).
+        groups = self._groups_of(with_grad)
+        for group, idx in groups:
+            if group["adaptive"]:
+                torch._foreach_mul_([eps[i] for i in idx], [with_grad[i] for i in idx])
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps)))
+        if check and not bool(torch.isfinite(norm)):
+            return False
+        for group, idx in groups:
+            sub = [eps[i] for i in idx]
+            if group["adaptive"]:
+                torch._foreach_mul_(sub, [with_grad[i] for i in idx])
+            torch._foreach_mul_(sub, group["rho"] / (norm + 1e-12))
+        self._pending_params = with_grad
+        return True
+
+    def _groups_of(self, params: list[Tensor]) -> list[tuple[dict[str, Any], list[int]]]:
+        if len(self.param_groups) == 1:
+            return [(self.param_groups[0], list(range(len(params))))]
+        owner = {p: gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
+        out: dict[int, list[int]] = {}
+        for i, p in enumerate(params):
+            out.setdefault(owner[p], []).append(i)
+        return [(self.param_groups[gi], idx) for gi, idx in out.items()]
+
+    def _all_reduce(self, params: list[Tensor]) -> None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
+        total = sum(g.numel() for g in grads)
+        if self._flat is None or self._flat.numel() != total:
+            self._flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+        views = [v.view_as(g) for v, g in zip(self._flat.split([g.numel() for g in grads]), grads)]
+        torch._foreach_copy_(views, grads)
+        dist.all_reduce(self._flat)
+        self._flat.div_(dist.get_world_size())
+        torch._foreach_copy_(grads, views)
+
+    def _buffer(self, store: dict[Tensor, Tensor], p: Tensor) -> Tensor:
+        buf = store.get(p)
+        if buf is None:
+            buf = store[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
+
+    def _perturb(self) -> None:
+        params = self._pending_params
+        backup = [self._buffer(self._backup, p) for p in params]
+        torch._foreach_copy_(backup, params)
+        torch._foreach_add_(params, [self._eps[p] for p in params])
+        if self.bn_update == "clean":
+            self._freeze_bn()
+
+    def _restore(self) -> None:
+        if self._phase != _PERTURBED:
+            return
+        params = self._pending_params
+        torch._foreach_copy_(params, [self._backup[p] for p in params])
+        self._unfreeze_bn()
+
+    def _freeze_bn(self) -> None:
+        assert self.model is not None
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                tracked = m.num_batches_tracked
+                self._bn_saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
+                m.momentum = 0.0
+
+    def _unfreeze_bn(self) -> None:
+        for m, momentum, tracked in self._bn_saved:
+            m.momentum = momentum
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        self._bn_saved.clear()
+
+    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool) -> None:
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        params = [p for p in self._trainable() if p.grad is not None]
+        if scaler is not None:
+            if self.max_grad_norm is not None and not skip:
+                scaler.unscale_(self.base_optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+            scaler.step(self.base_optimizer)
+            scaler.update()
+            return
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+        self.base_optimizer.step()
+
+
+def _validate_rho(rho: Any) -> None:
+    if not isinstance(rho, int | float) or not math.isfinite(rho) or rho < 0:
+        raise InvalidHyperparameterError(f"rho must be a finite number >= 0, got {rho!r}")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _losses_of(out: Any) -> Tensor:
+    losses = out[0] if isinstance(out, tuple) else out
+    if not isinstance(losses, Tensor):
+        raise LossShapeError(
+            "the closure must return per-sample losses (a tensor of shape (B,)) or a tuple "
+            f"starting with them, got {type(losses).__name__}"
+        )
+    return losses
+
+
+def _check_losses(losses: Tensor, targets: Tensor | None, expected: int | None = None) -> int:
+    if not isinstance(losses, Tensor):
+        raise LossShapeError(f"losses must be a tensor of shape (B,), got {type(losses).__name__}")
+    if losses.ndim != 1:
+        hint = " (use reduction='none')" if losses.ndim == 0 else ""
+        raise LossShapeError(
+            f"losses must hold one value per sample, shape (B,); got shape "
+            f"{tuple(losses.shape)}{hint}"
+        )
+    if not losses.is_floating_point():
+        raise LossShapeError(f"losses must be floating point, got {losses.dtype}")
+    if not losses.requires_grad:
+        raise LossShapeError(
+            "losses do not require grad: run the forward pass with autograd enabled"
+        )
+    batch = losses.shape[0]
+    if batch == 0:
+        raise LossShapeError("losses are empty: the batch has no samples")
+    if targets is not None:
+        if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.is_floating_point():
+            raise LabelError(
+                "targets must be a 1-D integer tensor of class labels, got "
+                f"{getattr(targets, 'dtype', type(targets).__name__)} of shape "
+                f"{tuple(getattr(targets, 'shape', ()))}"
+            )
+        if targets.shape[0] != batch:
+            raise LossShapeError(
+                f"got {batch} losses for {targets.shape[0]} labels: the loss must be "
+                "per sample (reduction='none')"
+            )
+    if expected is not None and batch != expected:
+        raise LossShapeError(
+            f"the perturbed forward returned {batch} losses, the clean one {expected}"
+        )
+    return batch
+
+
+def _weighted_mean(losses: Tensor, weights: float | Tensor, batch: int) -> Tensor:
+    """``(1/B) sum_n w_n l_n``."""
+    if isinstance(weights, Tensor):
+        return torch.dot(losses, weights) / batch
+    if weights == 1.0:
+        return losses.sum() / batch
+    return losses.sum() * weights / batch
+
+
+def _on(weights: float | Tensor, like: Tensor) -> float | Tensor:
+    if isinstance(weights, Tensor):
+        return weights.to(device=like.device, dtype=like.dtype)
+    return weights
+
+
+def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+    return loss if scaler is None else scaler.scale(loss)
+
+
+def _zero_grads(params: list[Tensor]) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)

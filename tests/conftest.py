@@ -1,0 +1,107 @@
+"""Shared fixtures and the independent reference implementation of DESIGN section 3."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def tiny_model(seed: int = 0, batchnorm: bool = True, classes: int = 4) -> nn.Module:
+    """A float64 MLP (with BatchNorm by default) small enough for exact checks."""
+    g = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(5, 8)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(8))
+    layers += [nn.Tanh(), nn.Linear(8, classes)]
+    model = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    return model
+
+
+def tiny_batches(
+    n: int, batch: int = 12, classes: int = 4, seed: int = 1
+) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(batch, 5, generator=g, dtype=torch.float64),
+            torch.randint(0, classes, (batch,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def per_sample_ce(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], Tensor]:
+    return lambda: F.cross_entropy(model(x), y, reduction="none")
+
+
+def reference_run(
+    model: nn.Module,
+    batches: list[tuple[Tensor, Tensor]],
+    a_class: Tensor,
+    b_class: Tensor,
+    rho: float,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    adaptive: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The two-weight rule of DESIGN section 3 written out with torch.func and
+    a hand-written SGD (momentum, coupled weight decay), independent of focalsam.
+
+    Returns the final parameters and buffers (BatchNorm statistics updated in
+    both forward passes, as the published recipes do).
+    """
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    momentum_buf = {k: torch.zeros_like(v) for k, v in params.items()}
+    names = list(params)
+
+    def losses_at(theta: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        logits = functional_call(model, (theta, buffers), (x,))
+        return F.cross_entropy(logits, y, reduction="none")
+
+    for x, y in batches:
+        a, b = a_class[y], b_class[y]
+        batch = x.shape[0]
+        theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        l0 = losses_at(theta, x, y)
+        g_b = torch.autograd.grad(
+            (b * l0).sum() / batch, [theta[k] for k in names], retain_graph=True, allow_unused=True
+        )
+        g_a = torch.autograd.grad(
+            (a * l0).sum() / batch, [theta[k] for k in names], allow_unused=True
+        )
+        g_b = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, g_b)]
+        g_a = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, g_a)]
+        if adaptive:
+            norm = torch.sqrt(sum(((params[k] * g) ** 2).sum() for k, g in zip(names, g_b)))
+            eps = [rho * params[k] ** 2 * g / (norm + 1e-12) for k, g in zip(names, g_b)]
+        else:
+            norm = torch.sqrt(sum((g**2).sum() for g in g_b))
+            eps = [rho * g / (norm + 1e-12) for g in g_b]
+        perturbed = {k: (params[k] + e).requires_grad_(True) for k, e in zip(names, eps)}
+        l1 = losses_at(perturbed, x, y)
+        g_s = torch.autograd.grad(
+            (b * l1).sum() / batch, [perturbed[k] for k in names], allow_unused=True
+        )
+        for k, ga, gs in zip(names, g_a, g_s):
+            g = ga + (torch.zeros_like(ga) if gs is None else gs) + weight_decay * params[k]
+            momentum_buf[k] = momentum * momentum_buf[k] + g
+            params[k] = params[k] - lr * momentum_buf[k]
+    return params, buffers
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return SHARED
