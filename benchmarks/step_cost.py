@@ -1,0 +1,189 @@
+"""Cost of one optimizer step: plain SGD, SAM, ImbSAM and Focal-SAM on ResNet-32.
+
+Every method runs on the same model, data and device, interleaved round by
+round in one process (these machines are noisy), and the figures are medians
+of per-step wall times. Printed: time per step, ratios to SGD and
+Focal-SAM/SAM, and the optimizer's own share of a Focal-SAM step (its step
+minus the same 2 forward + 3 backward passes run bare, over its step).
+
+    python benchmarks/step_cost.py                 # CPU, batch 64
+    python benchmarks/step_cost.py --device cuda --batch-size 512 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from focalsam.models import resnet32
+from focalsam.optim import create_optimizer
+
+# CIFAR-10-LT at imbalance ratio 100 (Cao et al.)
+COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_steps(
+    batch_size: int, device: torch.device, seed: int = 0
+) -> tuple[
+    dict[str, Callable[[], None]], dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]
+]:
+    """One model and one step function per method, same initial weights and data."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
+    # A long-tailed batch: labels drawn with the CIFAR-10-LT class frequencies.
+    probs = torch.tensor(COUNTS, dtype=torch.float64)
+    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
+    sgd_kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
+    methods = {
+        "sgd": None,
+        "sam": {"rho": 0.2},
+        "imbsam": {"rho": 0.2, "class_counts": COUNTS, "eta": 200},
+        "focal_sam": {"rho": 0.2, "class_counts": COUNTS, "gamma": 3.0, "lam": 0.5},
+    }
+    steps: dict[str, Callable[[], None]] = {}
+    models: dict[str, torch.nn.Module] = {}
+    optims: dict[str, torch.optim.Optimizer] = {}
+    for name, kw in methods.items():
+        torch.manual_seed(seed)
+        model = resnet32(num_classes=len(COUNTS)).to(device)
+        models[name] = model
+        if kw is None:
+            opt = torch.optim.SGD(model.parameters(), **sgd_kw)
+
+            def sgd_step(model=model, opt=opt) -> None:
+                opt.zero_grad(set_to_none=False)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+
+            steps[name] = sgd_step
+        else:
+            sam = create_optimizer(name, model.parameters(), "sgd", **kw, **sgd_kw)
+
+            def sam_step(model=model, opt=sam) -> None:
+                opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
+
+            steps[name] = sam_step
+            opt = sam
+        optims[name] = opt
+
+    # The passes of a Focal-SAM step with no optimizer work: 2 forward + 3 backward.
+    bare = resnet32(num_classes=len(COUNTS)).to(device)
+    weights = torch.rand(batch_size, device=device)
+
+    def bare_passes() -> None:
+        for p in bare.parameters():
+            p.grad = None
+        losses = F.cross_entropy(bare(x), y, reduction="none")
+        (losses @ weights).backward(retain_graph=True)
+        (losses @ (1 - weights)).backward()
+        (F.cross_entropy(bare(x), y, reduction="none") @ weights).backward()
+
+    steps["bare_2f3b"] = bare_passes
+    models["bare_2f3b"] = bare
+    return steps, models, optims
+
+
+def buffer_megabytes(opt: torch.optim.Optimizer) -> float:
+    """Memory the optimizer holds between steps: base state plus SAM buffers."""
+    tensors = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    for attr in ("_eps", "_backup"):
+        tensors += list(getattr(opt, attr, {}).values())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def measure(
+    batch_size: int, device: torch.device, rounds: int, steps_per_round: int, warmup: int
+) -> dict:
+    steps, models, optims = build_steps(batch_size, device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peak: dict[str, float] = {}
+    for name, fn in steps.items():
+        for _ in range(warmup):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            _sync(device)
+            peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            for _ in range(steps_per_round):
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    result = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "steps_per_round": steps_per_round,
+        "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
+        "ratio_to_sgd": {k: round(med[k] / med["sgd"], 3) for k in ("sam", "imbsam", "focal_sam")},
+        "focal_sam_over_sam": round(med["focal_sam"] / med["sam"], 3),
+        "focal_sam_optimizer_share": round(
+            (med["focal_sam"] - med["bare_2f3b"]) / med["focal_sam"], 4
+        ),
+        "optimizer_buffers_mb": {k: round(buffer_megabytes(o), 3) for k, o in optims.items()},
+    }
+    if peak:
+        result["peak_allocated_mb"] = {k: round(v, 1) for k, v in peak.items()}
+    del models
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps-per-round", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    r = measure(args.batch_size, device, args.rounds, args.steps_per_round, args.warmup)
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(
+        f"ResNet-32, batch {r['batch_size']}, {r['device']} ({r['threads']} threads), "
+        f"medians of {r['rounds']} x {r['steps_per_round']} interleaved steps"
+    )
+    print(f"{'method':<12}{'ms/step':>10}{'x SGD':>8}{'buffers MB':>12}")
+    for name, ms in r["median_ms"].items():
+        ratio = ms / r["median_ms"]["sgd"]
+        buf = r["optimizer_buffers_mb"].get(name, float("nan"))
+        print(f"{name:<12}{ms:>10.1f}{ratio:>8.2f}{buf:>12.2f}")
+    print(
+        f"Focal-SAM / SAM: {r['focal_sam_over_sam']:.3f}  (target <= 1.40; 2f+3b vs 2f+2b ~ 1.33)"
+    )
+    print(
+        f"optimizer's own share of a Focal-SAM step: {100 * r['focal_sam_optimizer_share']:.1f}%  (target < 5%)"
+    )
+    if "peak_allocated_mb" in r:
+        print("peak allocated MB:", r["peak_allocated_mb"])
+
+
+if __name__ == "__main__":
+    main()
