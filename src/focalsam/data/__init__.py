@@ -1,1 +1,37 @@
-"""focalsam.data"""
+"""Data: long-tailed profiles, dataset readers, a fast on-device loader, samplers.
+
+- :mod:`~focalsam.data.profiles`: ``long_tailed_counts``, ``select_long_tailed`` (Cao et al.).
+- :mod:`~focalsam.data.cifar`: CIFAR-10/100 from the python layout, ``cifar_lt``, download.
+"""
+
+from focalsam.data.arrays import ArrayDataset
+from focalsam.data.cifar import (
+    CIFAR_SPECS,
+    cifar_class_names,
+    cifar_dataset,
+    cifar_lt,
+    download_cifar,
+    find_cifar_dir,
+    load_cifar,
+)
+from focalsam.data.profiles import (
+    class_counts,
+    long_tailed_counts,
+    select_long_tailed,
+    validate_imbalance_ratio,
+)
+
+__all__ = [
+    "CIFAR_SPECS",
+    "ArrayDataset",
+    "cifar_class_names",
+    "cifar_dataset",
+    "cifar_lt",
+    "class_counts",
+    "download_cifar",
+    "find_cifar_dir",
+    "load_cifar",
+    "long_tailed_counts",
+    "select_long_tailed",
+    "validate_imbalance_ratio",
+]
