@@ -2,6 +2,8 @@
 
 - :mod:`~focalsam.data.profiles`: ``long_tailed_counts``, ``select_long_tailed`` (Cao et al.).
 - :mod:`~focalsam.data.cifar`: CIFAR-10/100 from the python layout, ``cifar_lt``, download.
+- :mod:`~focalsam.data.loader`: ``DeviceLoader``, batched crop/flip/normalize on the device.
+- :mod:`~focalsam.data.samplers`: class-balanced sampling.
 """
 
 from focalsam.data.arrays import ArrayDataset
@@ -14,21 +16,29 @@ from focalsam.data.cifar import (
     find_cifar_dir,
     load_cifar,
 )
+from focalsam.data.loader import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from focalsam.data.profiles import (
     class_counts,
     long_tailed_counts,
     select_long_tailed,
     validate_imbalance_ratio,
 )
+from focalsam.data.samplers import ClassBalancedSampler, class_balanced_indices, epoch_generator
 
 __all__ = [
+    "CIFAR_MEAN",
     "CIFAR_SPECS",
+    "CIFAR_STD",
     "ArrayDataset",
+    "ClassBalancedSampler",
+    "DeviceLoader",
     "cifar_class_names",
     "cifar_dataset",
     "cifar_lt",
+    "class_balanced_indices",
     "class_counts",
     "download_cifar",
+    "epoch_generator",
     "find_cifar_dir",
     "load_cifar",
     "long_tailed_counts",
