@@ -2,8 +2,11 @@
 
 - :mod:`~focalsam.data.profiles`: ``long_tailed_counts``, ``select_long_tailed`` (Cao et al.).
 - :mod:`~focalsam.data.cifar`: CIFAR-10/100 from the python layout, ``cifar_lt``, download.
+- :mod:`~focalsam.data.lists`: ImageNet-LT / iNaturalist-2018 lists, image folders (Pillow).
 - :mod:`~focalsam.data.loader`: ``DeviceLoader``, batched crop/flip/normalize on the device.
 - :mod:`~focalsam.data.samplers`: class-balanced sampling.
+- :mod:`~focalsam.data.digits`: ``digits_lt``, an offline demo set (scikit-learn digits).
+- :mod:`~focalsam.data.transforms`: torchvision augmentations (``vision`` extra).
 """
 
 from focalsam.data.arrays import ArrayDataset
@@ -15,6 +18,14 @@ from focalsam.data.cifar import (
     download_cifar,
     find_cifar_dir,
     load_cifar,
+)
+from focalsam.data.digits import DigitsLT, digits_lt
+from focalsam.data.lists import (
+    ImageListDataset,
+    image_folder_lt,
+    imagenet_lt,
+    inaturalist2018,
+    parse_image_list,
 )
 from focalsam.data.loader import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from focalsam.data.profiles import (
@@ -32,16 +43,23 @@ __all__ = [
     "ArrayDataset",
     "ClassBalancedSampler",
     "DeviceLoader",
+    "DigitsLT",
+    "ImageListDataset",
     "cifar_class_names",
     "cifar_dataset",
     "cifar_lt",
     "class_balanced_indices",
     "class_counts",
+    "digits_lt",
     "download_cifar",
     "epoch_generator",
     "find_cifar_dir",
+    "image_folder_lt",
+    "imagenet_lt",
+    "inaturalist2018",
     "load_cifar",
     "long_tailed_counts",
+    "parse_image_list",
     "select_long_tailed",
     "validate_imbalance_ratio",
 ]
