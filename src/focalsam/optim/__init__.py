@@ -6,6 +6,16 @@ clean weights ``a`` and sharp weights ``b``. They wrap any torch optimizer and
 never import the trainer, so they fit any training loop.
 """
 
+from focalsam.optim.cc_sam import (
+    CCSAM,
+    CCSAMStage2,
+    PassCount,
+    ccsam_feature_weights,
+    ccsam_mix_weight,
+    ccsam_radius,
+    perturbed_feature_losses,
+    validate_ccsam_counts,
+)
 from focalsam.optim.class_weights import (
     class_priors,
     focal_weights,
@@ -36,6 +46,9 @@ from focalsam.optim.sam import SAM, PlainOptimizer
 
 __all__ = [
     "BASE_OPTIMIZERS",
+    "CCSAM",
+    "CCSAMStage2",
+    "PassCount",
     "SAM",
     "ClassCountsError",
     "FocalSAM",
@@ -48,13 +61,18 @@ __all__ = [
     "PlainOptimizer",
     "StepOrderError",
     "WeightedSAM",
+    "ccsam_feature_weights",
+    "ccsam_mix_weight",
+    "ccsam_radius",
     "class_priors",
     "create_optimizer",
     "focal_weights",
     "imbsam_weights",
     "list_optimizers",
+    "perturbed_feature_losses",
     "register_optimizer",
     "resolve_base_optimizer",
     "tail_mask",
+    "validate_ccsam_counts",
     "validate_class_counts",
 ]
