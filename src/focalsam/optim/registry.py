@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from focalsam.optim.cc_sam import CCSAM
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.focal_sam import FocalSAM
 from focalsam.optim.imbsam import ImbSAM
@@ -93,3 +94,4 @@ register_optimizer("sam", SAM)
 register_optimizer("asam", functools.partial(SAM, adaptive=True))
 register_optimizer("imbsam", ImbSAM, aliases=("imb_sam",))
 register_optimizer("focal_sam", FocalSAM, aliases=("focalsam",))
+register_optimizer("ccsam", CCSAM, aliases=("cc_sam",))
