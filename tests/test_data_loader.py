@@ -226,3 +226,15 @@ def test_cuda_matches_cpu():
     gpu = _epoch(DeviceLoader(images, labels, 64, seed=1, device="cuda"))
     assert gpu[0].device.type == "cuda"
     assert torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-6) and torch.equal(cpu[1], gpu[1].cpu())
+
+
+def test_chunking_does_not_change_batches():
+    images, labels = _data(n=50)
+    ref = DeviceLoader(images, labels, 4, seed=2, drop_last=True)
+    ref.chunk_elements = 1  # one batch per gather
+    chunked = DeviceLoader(images, labels, 4, seed=2, drop_last=True)
+    chunked.chunk_elements = 3 * 8 * 8 * 4 * 5  # five batches per gather
+    a, b = list(ref), list(chunked)
+    assert len(a) == len(b) == 12
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and xb.is_contiguous()

@@ -34,6 +34,10 @@ Sampling = Literal["shuffle", "sequential", "class_balanced"]
 class DeviceLoader:
     """Batches ``(x, y)`` of an in-memory uint8 image set, augmented on ``device``.
 
+    Several batches are augmented by one gather (up to :attr:`chunk_elements` output values,
+    32 MB of float32) and handed out as views, which keeps the number of tensor operations
+    per epoch small; the values do not depend on the chunking.
+
     Args:
         images: uint8 images, ``(N, H, W, C)`` (``layout="NHWC"``, numpy's CIFAR layout) or
             ``(N, C, H, W)`` (``layout="NCHW"``); numpy array or tensor.
@@ -62,6 +66,9 @@ class DeviceLoader:
         >>> [tuple(x.shape) for x, _ in loader]
         [(4, 3, 8, 8), (4, 3, 8, 8), (2, 3, 8, 8)]
     """
+
+    #: output values augmented per gather (several batches of CIFAR, at least one batch)
+    chunk_elements: int = 1 << 23
 
     def __init__(
         self,
@@ -261,11 +268,18 @@ class DeviceLoader:
         ox = ox.to(self.device, non_blocking=non_blocking)
         flips = flips.to(self.device, non_blocking=non_blocking)
         n = order.shape[0]
-        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for lo in range(0, stop, self.batch_size):
-            hi = min(lo + self.batch_size, n)
-            idx = order[lo:hi]
-            yield self._batch(idx, oy[lo:hi], ox[lo:hi], flips[lo:hi]), self.labels[idx]
+        bs = self.batch_size
+        stop = (n // bs) * bs if self.drop_last else n
+        # several batches per gather: fewer (parallel) ops per epoch, same values
+        per_sample = self.channels * self.height * self.width
+        step = bs * max(1, self.chunk_elements // (per_sample * bs))
+        for clo in range(0, stop, step):
+            chi = min(clo + step, stop)
+            idx = order[clo:chi]
+            xs = self._batch(idx, oy[clo:chi], ox[clo:chi], flips[clo:chi])
+            ys = self.labels[idx]
+            for lo in range(0, chi - clo, bs):
+                yield xs[lo : lo + bs], ys[lo : lo + bs]
 
     def __repr__(self) -> str:
         return (
