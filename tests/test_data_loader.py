@@ -238,3 +238,11 @@ def test_chunking_does_not_change_batches():
     assert len(a) == len(b) == 12
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and xb.is_contiguous()
+
+
+def test_doctests():
+    import doctest
+
+    import focalsam.data.loader as loader_mod
+
+    assert doctest.testmod(loader_mod, raise_on_error=False).failed == 0
