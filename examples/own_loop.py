@@ -52,7 +52,9 @@ def main() -> None:
             for i in range(0, len(perm), 32):
                 xb, yb = x_tr[perm[i : i + 32]], y_tr[perm[i : i + 32]]
                 # The closure runs the forward pass and returns per-sample losses.
-                opt.step(lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb, reduction="none"), yb)
+                opt.step(
+                    lambda xb=xb, yb=yb, m=model: F.cross_entropy(m(xb), yb, reduction="none"), yb
+                )
             sched.step()
         with torch.no_grad():
             pred = model(x_te).argmax(1)

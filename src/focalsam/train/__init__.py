@@ -1,1 +1,21 @@
-"""focalsam.train"""
+"""Training: configs, presets, the loop, checkpoints and DDP."""
+
+from focalsam.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from focalsam.train.config import ConfigError, TrainConfig, make_config
+from focalsam.train.loop import Trainer, TrainingDiverged, TrainingInterrupted
+from focalsam.train.presets import PRESETS, get_preset, list_presets
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "get_preset",
+    "list_presets",
+    "load_checkpoint",
+    "make_config",
+    "save_checkpoint",
+]

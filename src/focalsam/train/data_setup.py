@@ -1,0 +1,175 @@
+"""Build the training and test data of a run from its config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from focalsam.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DeviceLoader,
+    cifar_dataset,
+    cifar_lt,
+    digits_lt,
+    imagenet_lt,
+    inaturalist2018,
+)
+from focalsam.metrics import default_shot_preset
+from focalsam.train.config import ConfigError, TrainConfig
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
+DIGITS_MEAN, DIGITS_STD = (0.3,), (0.4,)
+
+
+@dataclass
+class TrainData:
+    """Loaders and facts a run needs; ``train``/``test`` yield ``(x, y)`` on the device."""
+
+    train: Any
+    test: Iterable[tuple[Tensor, Tensor]]
+    class_counts: list[int]
+    num_classes: int
+    in_channels: int
+    image_size: int
+    shot_preset: str
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train.set_epoch(epoch)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train)
+
+
+class _EpochDataLoader:
+    """A DataLoader (+ DistributedSampler) that moves batches to the device."""
+
+    def __init__(self, loader: DataLoader[Any], device: torch.device) -> None:
+        self.loader = loader
+        self.device = device
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = self.loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        else:  # a seeded shuffle per epoch
+            gen = self.loader.generator
+            if gen is not None:
+                gen.manual_seed(hash(("epoch", epoch)) & 0x7FFFFFFF)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        nb = self.device.type == "cuda"
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+
+def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> TrainData:
+    """Training loader (sharded over ``world`` ranks) and this rank's share of the test set."""
+    name = cfg.dataset.lower().replace("-", "_")
+    if name == "digits":
+        d = digits_lt(cfg.imbalance_ratio, cfg.profile)  # type: ignore[arg-type]
+        to_u8 = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
+        common = dict(layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, device=device)
+        train = DeviceLoader(
+            to_u8(d.x_train),
+            d.y_train,
+            cfg.batch_size,
+            augment=True,
+            padding=1,
+            flip=False,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            channels_last=cfg.channels_last,
+            **common,  # type: ignore[arg-type]
+        )
+        test = DeviceLoader(
+            to_u8(d.x_test)[rank::world],
+            d.y_test[rank::world],
+            512,
+            sampling="sequential",
+            augment=False,
+            **common,  # type: ignore[arg-type]
+        )
+        counts = d.class_counts.tolist()
+        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg))
+    if name in ("cifar10", "cifar100"):
+        lt = cifar_lt(cfg.data_root, name, cfg.imbalance_ratio, cfg.profile, 0, cfg.download)  # type: ignore[arg-type]
+        full_test = cifar_dataset(cfg.data_root, name, train=False)
+        train = DeviceLoader(
+            lt.images,
+            lt.labels,
+            cfg.batch_size,
+            device=device,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            channels_last=cfg.channels_last,
+        )
+        test = DeviceLoader(
+            full_test.images[rank::world],
+            full_test.labels[rank::world],
+            1000,
+            device=device,
+            sampling="sequential",
+            augment=False,
+            channels_last=cfg.channels_last,
+        )
+        counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
+        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg))
+    if name in ("imagenet_lt", "inat2018"):
+        reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
+        train_set = reader(cfg.data_root, "train", cfg.train_list)
+        test_set = reader(cfg.data_root, "test" if name == "imagenet_lt" else "val", cfg.test_list)
+        sampler: Any = None
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed)
+        kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        train_loader = DataLoader(
+            train_set,
+            cfg.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=gen if sampler is None else None,
+            drop_last=True,
+            persistent_workers=cfg.num_workers > 0,
+            **kw,  # type: ignore[arg-type]
+        )
+        shard = Subset(test_set, list(range(rank, len(test_set), world)))
+        test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
+        counts = train_set.class_counts.tolist()
+        return TrainData(
+            _EpochDataLoader(train_loader, device),
+            _EpochDataLoader(test_loader, device),
+            counts,
+            train_set.num_classes,
+            3,
+            224,
+            _preset(cfg),
+        )
+    raise ConfigError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+
+
+def _preset(cfg: TrainConfig) -> str:
+    if cfg.shot_preset:
+        return cfg.shot_preset
+    name = cfg.dataset.lower().replace("-", "_")
+    if name == "imagenet_lt":
+        return "imagenet-lt"
+    if name == "inat2018":
+        return "inaturalist"
+    return default_shot_preset(name, cfg.imbalance_ratio)

@@ -1,0 +1,228 @@
+"""The trainer: configs, resume, checkpoints, failure modes, the CLI and torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from focalsam.cli import main
+from focalsam.train import (
+    CheckpointError,
+    ConfigError,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    get_preset,
+    load_checkpoint,
+    make_config,
+    save_checkpoint,
+)
+
+QUIET = {"progress": False, "tensorboard": False}
+
+
+def small_cfg(run_dir: Path, **kw):
+    overrides = {"epochs": 2, "eval_every": 1, "run_dir": str(run_dir), **QUIET, **kw}
+    return make_config(get_preset("demo"), overrides=overrides)
+
+
+def silent(cfg, **kw):
+    return Trainer(cfg, log=lambda _m: None, **kw)
+
+
+# ------------------------------------------------------------------ config
+def test_config_layers_and_errors(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("lr: 0.02\nepochs: 7\n")
+    cfg = make_config(
+        get_preset("cifar10-lt-r100"), yaml_file, ["epochs=3", "loss_options.tau=1.5"]
+    )
+    assert (cfg.lr, cfg.epochs, cfg.rho, cfg.loss_options) == (0.02, 3, 0.2, {"tau": 1.5})
+    assert cfg.preset == "cifar10-lt-r100"
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'.*valid keys"):
+        make_config(None, None, ["lrr=0.1"])
+    with pytest.raises(ConfigError, match="'lr'.*could not be converted"):
+        make_config(None, None, ["lr=fast"])
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16"):
+        make_config(None, None, ["precision=fp8"])
+    with pytest.raises(ConfigError, match="unknown preset 'x'; valid: cifar10-lt-r100"):
+        get_preset("x")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nonsense_key: 1\n")
+    with pytest.raises(ConfigError, match="nonsense_key"):
+        make_config(None, bad)
+
+
+def test_unknown_optimizer_and_loss_list_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match="unknown optimizer 'adam'; valid: .*focal_sam.*sgd"):
+        silent(small_cfg(tmp_path / "a", optimizer="adam"))
+    with pytest.raises(ConfigError, match="unknown loss 'hinge'; valid: .*logit_adjustment"):
+        silent(small_cfg(tmp_path / "b", loss="hinge"))
+
+
+def test_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        silent(small_cfg(blocker / "run"))
+
+
+# ------------------------------------------------------------------ resume
+def _params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("optimizer", ["focal_sam", "sgd"])
+def test_resume_at_an_epoch_equals_uninterrupted(tmp_path, optimizer):
+    full = silent(small_cfg(tmp_path / "full", optimizer=optimizer))
+    full_report = full.fit()
+
+    def stop_after_epoch_1(trainer, epoch, step):
+        if epoch == 0 and step + 1 == trainer.steps_per_epoch:
+            trainer.request_stop("SIGTERM")
+
+    part = silent(small_cfg(tmp_path / "part", optimizer=optimizer), on_step=stop_after_epoch_1)
+    with pytest.raises(TrainingInterrupted, match="after epoch 1"):
+        part.fit()
+    cfg = small_cfg(tmp_path / "part", optimizer=optimizer)
+    resumed = silent(cfg, resume=tmp_path / "part")
+    assert resumed.epoch == 1
+    report = resumed.fit()
+    for key, value in _params(full.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert report["last_epoch"]["overall"] == full_report["last_epoch"]["overall"]
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_interrupted_mid_epoch_resumes_exactly(tmp_path):
+    full = silent(small_cfg(tmp_path / "full"))
+    full.fit()
+
+    def stop_at(trainer, epoch, step):
+        if (epoch, step) == (0, 2):
+            trainer.request_stop("SIGINT")
+
+    first = silent(small_cfg(tmp_path / "run"), on_step=stop_at)
+    with pytest.raises(TrainingInterrupted, match="SIGINT: saved .*epoch 1, step 3.*--resume"):
+        first.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 3)
+    resumed = silent(small_cfg(tmp_path / "run"), resume=tmp_path / "run")
+    resumed.fit()
+    for key, value in _params(full.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+# ------------------------------------------------------------------ failures
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
+    def poison(trainer, epoch, step):
+        if (epoch, step) == (1, 1):
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = silent(small_cfg(tmp_path / "run", epochs=3), on_step=poison)
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint .*last\.pt was kept"
+    ):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path, capsys):
+    trainer = silent(small_cfg(tmp_path / "run", epochs=1))
+    trainer.fit()
+    (tmp_path / "run" / "last.pt").write_bytes(b"\x80\x04garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or not a focalsam checkpoint"):
+        load_checkpoint(tmp_path / "run" / "last.pt")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_train_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "demo",
+            "--epochs",
+            "1",
+            "--model",
+            "mlp",
+            f"run_dir={run}",
+            "progress=false",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and "preset 'standard'" in out
+    report = json.loads((run / "report.json").read_text())
+    assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
+    assert main(["eval", str(run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["overall"] == pytest.approx(report["last_epoch"]["overall"])
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "valid: cifar10-lt-r100" in capsys.readouterr().err
+
+
+def test_best_epoch_selection_is_labelled(tmp_path):
+    report = silent(small_cfg(tmp_path / "run", epochs=3, select="best")).fit()
+    assert report["select"] == "best"
+    assert report["selected"] is report["best_test_epoch"]
+    assert report["best_test_epoch"]["overall"] >= report["last_epoch"]["overall"]
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_demo_runs_and_plots(tmp_path, capsys):
+    from focalsam.cli import run_demo
+
+    assert run_demo(epochs=1, root=tmp_path / "demo") == 0
+    out = capsys.readouterr().out
+    for name in ("SGD", "SAM", "Focal-SAM", "overall", "many", "medium", "few", "s/epoch"):
+        assert name in out
+    png = tmp_path / "demo" / "per_class_accuracy.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "focalsam", "train", "--preset", "demo", "--epochs", "2", "--eval-every", "1",
+        "--model", "mlp", "--device", "cpu", f"run_dir={run}", "progress=false", "tensorboard=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x 2 processes" in proc.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # written once, by rank 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2
