@@ -296,7 +296,9 @@ def test_other_bad_options():
         FocalSAM(params, torch.optim.SGD, class_counts=COUNTS, gamma=-1.0, lr=0.1)
     with pytest.raises(InvalidHyperparameterError, match="model="):
         SAM(params, torch.optim.SGD, bn_update="clean", lr=0.1)
-    with pytest.raises(InvalidHyperparameterError, match=r"valid: asam, .*focal_sam, imbsam, plain, sam"):
+    with pytest.raises(
+        InvalidHyperparameterError, match=r"valid: asam, .*focal_sam, imbsam, plain, sam"
+    ):
         create_optimizer("focal-sma", params)
     with pytest.raises(InvalidHyperparameterError, match="base optimizer"):
         create_optimizer("sam", params, "lion")

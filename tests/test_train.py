@@ -226,3 +226,46 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]  # written once, by rank 0
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2
+
+
+def test_ccsam_runs_both_stages_and_stage_2_trains_only_the_classifier(tmp_path):
+    snapshots = {}
+
+    def snap(trainer, epoch, step):
+        if epoch == 1 and step + 1 == trainer._epoch_steps:  # end of stage 1
+            snapshots["end1"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    cfg = small_cfg(tmp_path / "cc", optimizer="ccsam", ccsam_stage2_epochs=2, ccsam_rho=0.05)
+    trainer = silent(cfg, on_step=snap)
+    report = trainer.fit()
+    rows = [
+        json.loads(line) for line in (tmp_path / "cc" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("stage", 1) for r in rows] == [1, 1, 2, 2]
+    assert report["last_epoch"]["epoch"] == 4
+    final = trainer.model.state_dict()
+    for key, before in snapshots["end1"].items():
+        if key.startswith("fc."):
+            assert not torch.equal(before, final[key]), key
+        elif (
+            "running" not in key and "num_batches" not in key
+        ):  # BN statistics update, as published
+            assert torch.equal(before, final[key]), key
+
+
+def test_ccsam_resume_in_stage_2_equals_uninterrupted(tmp_path):
+    kw = dict(optimizer="ccsam", ccsam_stage2_epochs=2, ccsam_rho=0.05, epochs=1)
+    full = silent(small_cfg(tmp_path / "full", **kw))
+    full.fit()
+
+    def stop(trainer, epoch, step):
+        if (epoch, step) == (1, 1):
+            trainer.request_stop("SIGTERM")
+
+    with pytest.raises(TrainingInterrupted):
+        silent(small_cfg(tmp_path / "run", **kw), on_step=stop).fit()
+    resumed = silent(small_cfg(tmp_path / "run", **kw), resume=tmp_path / "run")
+    resumed.fit()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -63,7 +63,13 @@ class TrainConfig:
     bn_update: str = _f("both", "BatchNorm statistics in: both passes | clean pass only")
     ascent_all_reduce: bool = _f(False, "DDP: average the ascent gradient (= one process)")
     max_grad_norm: float | None = _f(None, "clip the final gradient to this norm")
-    ccsam_stage2_epochs: int = _f(0, "CC-SAM: epochs of the second (classifier) stage")
+    ccsam_rho: float = _f(1e-6, "CC-SAM: radius scale (the public code's noise_ratio)")
+    ccsam_flat_ratio: float = _f(0.5, "CC-SAM: weight of the perturbed loss in stage 1")
+    ccsam_mode: str = _f("classifier", "CC-SAM: classifier (public code) | network (paper)")
+    ccsam_stage2_epochs: int = _f(30, "CC-SAM: epochs of stage 2 (classifier, balanced batches)")
+    ccsam_stage2_lr: float = _f(0.01, "CC-SAM: constant lr of stage 2")
+    ccsam_rho2: float = _f(1.0, "CC-SAM: stage-2 feature perturbation scale")
+    ccsam_up_limit: float = _f(1.0, "CC-SAM: cap of stage 2's perturbed-loss weight")
     # schedules
     epochs: int = _f(200, "training epochs")
     batch_size: int = _f(64, "batch size (per process)")
@@ -98,6 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "select": ("last", "best"),
     "precision": ("fp32", "bf16", "fp16"),
     "bn_update": ("both", "clean"),
+    "ccsam_mode": ("classifier", "network"),
 }
 
 
@@ -157,6 +164,8 @@ def validate_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if cfg.ccsam_stage2_epochs < 0:
+        raise ConfigError(f"ccsam_stage2_epochs must be >= 0, got {cfg.ccsam_stage2_epochs}")
     positive = ("epochs", "batch_size", "eval_every")
     for key in positive:
         if getattr(cfg, key) < 1:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,8 @@ class TrainData:
     in_channels: int
     image_size: int
     shot_preset: str
+    # class-balanced batches over the same training set (CC-SAM's stage 2)
+    make_balanced: Callable[[], Any] | None = field(default=None, repr=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.train.set_epoch(epoch)
@@ -101,7 +103,19 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             **common,  # type: ignore[arg-type]
         )
         counts = d.class_counts.tolist()
-        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg))
+        balanced = lambda: DeviceLoader(  # noqa: E731
+            to_u8(d.x_train),
+            d.y_train,
+            cfg.batch_size,
+            augment=True,
+            padding=1,
+            flip=False,
+            seed=cfg.seed,
+            sampling="class_balanced",
+            channels_last=cfg.channels_last,
+            **common,  # type: ignore[arg-type]
+        )
+        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg), balanced)
     if name in ("cifar10", "cifar100"):
         lt = cifar_lt(cfg.data_root, name, cfg.imbalance_ratio, cfg.profile, 0, cfg.download)  # type: ignore[arg-type]
         full_test = cifar_dataset(cfg.data_root, name, train=False)
@@ -127,7 +141,18 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             channels_last=cfg.channels_last,
         )
         counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
-        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg))
+        balanced = lambda: DeviceLoader(  # noqa: E731
+            lt.images,
+            lt.labels,
+            cfg.batch_size,
+            device=device,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+            seed=cfg.seed,
+            sampling="class_balanced",
+            channels_last=cfg.channels_last,
+        )
+        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced)
     if name in ("imagenet_lt", "inat2018"):
         reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
         train_set = reader(cfg.data_root, "train", cfg.train_list)

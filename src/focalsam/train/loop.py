@@ -27,7 +27,7 @@ from focalsam.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from focalsam.train.config import ConfigError, TrainConfig, config_to_dict, save_config
 from focalsam.train.data_setup import TrainData, build_data
 
-OPTIMIZER_ALIASES = {"sgd": "plain", "focalsam": "focal_sam"}
+OPTIMIZER_ALIASES = {"sgd": "plain", "focalsam": "focal_sam", "cc_sam": "ccsam"}
 CSV_COLUMNS = (
     "epoch", "lr", "rho", "train_loss", "train_acc", "epoch_seconds", "images_per_second",
     "test_overall", "test_many", "test_medium", "test_few",
@@ -47,7 +47,7 @@ def optimizer_name(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     key = OPTIMIZER_ALIASES.get(key, key)
     if key not in list_optimizers():
-        valid = sorted({*list_optimizers(), *OPTIMIZER_ALIASES} - {"focalsam"})
+        valid = sorted({*list_optimizers(), "sgd"})
         raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(valid)}")
     return key
 
@@ -159,6 +159,25 @@ class Trainer:
         self.steps_per_epoch = self.data.steps_per_epoch()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self._epoch_steps = self.steps_per_epoch
+        self.stage2_optimizer: torch.optim.Optimizer | None = None
+        self.stage2: Any = None
+        self._balanced: Any = None
+        stage2_epochs = cfg.ccsam_stage2_epochs if self.opt_name == "ccsam" else 0
+        if stage2_epochs:
+            if self.world > 1:
+                raise ConfigError(
+                    "CC-SAM's second stage runs in one process: set ccsam_stage2_epochs=0 "
+                    "under torchrun, or run stage 2 without it"
+                )
+            self.stage2_optimizer = torch.optim.SGD(
+                self._classifier().parameters(), lr=cfg.ccsam_stage2_lr,
+                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            )  # fmt: skip
+            self.stage2 = self.optimizer.second_stage(
+                self.stage2_optimizer, rho=cfg.ccsam_rho2, max_grad_norm=cfg.max_grad_norm
+            )
+        self.total_epochs = cfg.epochs + stage2_epochs
 
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the current epoch
@@ -192,6 +211,15 @@ class Trainer:
             "focal_sam": {**sam, "class_counts": self.data.class_counts, "gamma": cfg.gamma,
                           "lam": cfg.lam, "adaptive": cfg.adaptive},
         }  # fmt: skip
+        if self.opt_name == "ccsam":
+            per_method["ccsam"] = {
+                "class_counts": self.data.class_counts,
+                "classifier": self._classifier(),
+                "rho": cfg.ccsam_rho,
+                "flat_ratio": cfg.ccsam_flat_ratio,
+                "mode": cfg.ccsam_mode,
+                "bn_update": cfg.bn_update,
+            }
         kwargs = per_method.get(self.opt_name)
         if kwargs is None:
             raise ConfigError(f"optimizer {self.opt_name!r} is not supported by the trainer")
@@ -241,6 +269,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "stage2_optimizer": (
+                self.stage2_optimizer.state_dict() if self.stage2_optimizer is not None else None
+            ),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "best": self.best,
@@ -260,6 +291,8 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if self.scaler is not None and ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
+            if self.stage2_optimizer is not None and ckpt.get("stage2_optimizer"):
+                self.stage2_optimizer.load_state_dict(ckpt["stage2_optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
                 f"checkpoint does not match this run's model or optimizer: {str(exc)[:300]}"
@@ -281,6 +314,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of the optimizer's (first) stage, from ``step_in_epoch`` on."""
         model = self.train_model
         model.train()
         self.data.set_epoch(epoch)
@@ -288,22 +322,65 @@ class Trainer:
         rho = self.rho_at(epoch)
         for group in self.optimizer.param_groups:
             group["rho"] = rho
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
-        start_step = self.step_in_epoch
-        batches = itertools.islice(iter(self.data.train), start_step, None)
-        bar = self._progress(epoch, start_step)
-        t0 = time.perf_counter()
-        for step, (x, y) in enumerate(batches, start=start_step):
 
-            def closure(x: Tensor = x, y: Tensor = y) -> tuple[Tensor, Tensor]:
+        def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            def closure() -> tuple[Tensor, Tensor]:
                 with self._autocast():
                     logits = model(x)
                 return self.loss_fn(logits.float(), y), logits.detach()
 
+            losses, logits = self.optimizer.step(closure, y, scaler=self.scaler)
+            self.scheduler.step()
+            return losses, logits
+
+        row = self._run_epoch(epoch, self.data.train, step)
+        row.update(lr=self.optimizer.param_groups[0]["lr"], rho=rho)
+        return row
+
+    def stage2_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of CC-SAM's second stage: the classifier alone, on class-balanced
+        batches of features from the frozen backbone (kept in train mode, as published)."""
+        from focalsam.optim import ccsam_mix_weight
+
+        assert self.stage2 is not None
+        stage_epoch = epoch - self.cfg.epochs
+        if self._balanced is None:
+            assert self.data.make_balanced is not None
+            self._balanced = self.data.make_balanced()
+        self._balanced.set_epoch(stage_epoch)
+        alpha = ccsam_mix_weight(stage_epoch, self.cfg.ccsam_stage2_epochs, self.cfg.ccsam_up_limit)
+        self.model.train()
+        captured: dict[str, Tensor] = {}
+        classifier = self._classifier()
+        hook = classifier.register_forward_pre_hook(lambda _m, a: captured.update(f=a[0]))
+
+        def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.no_grad(), self._autocast():
+                logits = self.model(x)
+            losses = self.stage2.step(captured["f"].float(), y, alpha=alpha, scaler=self.scaler)  # type: ignore[union-attr]
+            return losses, logits
+
+        try:
+            row = self._run_epoch(epoch, self._balanced, step)
+        finally:
+            hook.remove()
+        row.update(lr=self.cfg.ccsam_stage2_lr, rho=self.cfg.ccsam_rho2, stage=2, alpha=alpha)
+        return row
+
+    def _run_epoch(
+        self, epoch: int, loader: Any, step_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    ) -> dict[str, Any]:
+        """Run ``step_fn(x, y) -> (losses, logits)`` over the batches left in this epoch."""
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        start_step = self.step_in_epoch
+        self._epoch_steps = len(loader)
+        bar = self._progress(epoch, start_step)
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(itertools.islice(iter(loader), start_step, None), start_step):
             try:
-                losses, logits = self.optimizer.step(closure, y, scaler=self.scaler)
+                losses, logits = step_fn(x, y)
             except NonFiniteLossError as exc:
                 last = self.run_dir / "last.pt"
                 kept = (
@@ -314,14 +391,13 @@ class Trainer:
                 raise TrainingDiverged(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {exc}. {kept}."
                 ) from None
-            self.scheduler.step()
             loss_sum += losses.sum()
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
             self.step_in_epoch = step + 1
             if bar is not None:
                 bar.update(1)
-                if step % 10 == 0 or step + 1 == self.steps_per_epoch:
+                if step % 10 == 0 or step + 1 == self._epoch_steps:
                     elapsed = time.perf_counter() - t0
                     bar.set_postfix(
                         loss=f"{loss_sum.item() / seen:.3f}",
@@ -343,13 +419,19 @@ class Trainer:
         total = max(stats[2].item(), 1.0)
         return {
             "epoch": epoch + 1,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "rho": rho,
             "train_loss": stats[0].item() / total,
             "train_acc": stats[1].item() / total,
             "epoch_seconds": elapsed,
             "images_per_second": stats[2].item() / max(elapsed, 1e-9),
         }
+
+    def _classifier(self) -> nn.Module:
+        head = getattr(self.model, "fc", None)
+        if not isinstance(head, nn.Module):
+            raise ConfigError(
+                f"CC-SAM needs a model with a classifier head `fc`; {self.cfg.model} has none"
+            )
+        return head
 
     def _progress(self, epoch: int, initial: int) -> Any:
         if not (self.is_main and self.cfg.progress):
@@ -357,8 +439,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(
-            total=self.steps_per_epoch, initial=initial, leave=False,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True,
+            total=self._epoch_steps, initial=initial, leave=False,
+            desc=f"epoch {epoch + 1}/{self.total_epochs}", dynamic_ncols=True,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -384,17 +466,23 @@ class Trainer:
                 self.log(
                     f"run {self.run_dir}: {cfg.dataset} (ratio {cfg.imbalance_ratio:g}), "
                     f"{cfg.model}, {self.opt_name}/{cfg.base_optimizer}, loss {cfg.loss}, "
-                    f"{cfg.epochs} epochs on {self.device}"
+                    f"{cfg.epochs} epochs"
+                    + (
+                        f" + {self.total_epochs - cfg.epochs} of stage 2"
+                        if self.total_epochs > cfg.epochs
+                        else ""
+                    )
+                    + f" on {self.device}"
                     + (f" x {self.world} processes" if self.world > 1 else "")
                 )
             else:
                 self.log(
                     f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
                 )
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.total_epochs:
                 epoch = self.epoch
-                row = self.train_epoch(epoch)
-                if self._stop is not None and self.step_in_epoch < self.steps_per_epoch:
+                row = self.train_epoch(epoch) if epoch < cfg.epochs else self.stage2_epoch(epoch)
+                if self._stop is not None and self.step_in_epoch < self._epoch_steps:
                     self.save()
                     raise TrainingInterrupted(
                         f"{self._stop}: saved {self.run_dir / 'last.pt'} at epoch {epoch + 1}, "
@@ -402,7 +490,10 @@ class Trainer:
                         f"focalsam train --resume {self.run_dir}"
                     )
                 self.epoch, self.step_in_epoch = epoch + 1, 0
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                if self.epoch % cfg.eval_every == 0 or self.epoch in (
+                    cfg.epochs,
+                    self.total_epochs,
+                ):
                     result = self.evaluate()
                     row.update(
                         {f"test_{k}": result[k] for k in ("overall", "many", "medium", "few")}
@@ -469,7 +560,7 @@ class Trainer:
                 if isinstance(value, int | float) and key != "epoch":
                     self._tb.add_scalar(key, value, row["epoch"])
         msg = (
-            f"epoch {row['epoch']:>4}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
+            f"epoch {row['epoch']:>4}/{self.total_epochs}  loss {row['train_loss']:.4f}  "
             f"acc {row['train_acc']:.3f}  lr {row['lr']:.4g}  {row['images_per_second']:.0f} img/s"
         )
         if "test_overall" in row:

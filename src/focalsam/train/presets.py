@@ -28,6 +28,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lam": 0.5,
         # ImbSAM's tail: the few-shot classes of this dataset's shot preset (< 200 images)
         "eta": 200.0,
+        # CC-SAM's public config for CIFAR-10-LT at ratio 100 (first version)
+        "ccsam_flat_ratio": 1.0,
+        "ccsam_rho": 1e-2,
+        "ccsam_up_limit": 0.8,
     },
     "cifar100-lt-r100": {
         **_CIFAR_COMMON,
@@ -37,6 +41,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 3.2,
         "lam": 0.8,
         "eta": 20.0,
+        # CC-SAM's public config for CIFAR-100-LT at ratio 100 (first version; it also
+        # trains with mixup, which we do not)
+        "ccsam_flat_ratio": 0.2,
+        "ccsam_rho": 1e-7,
+        "ccsam_up_limit": 0.3,
     },
     "demo": {
         "dataset": "digits",
@@ -56,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eta": 20.0,
         "eval_every": 10,
         "device": "cpu",
+        "ccsam_stage2_epochs": 5,
     },
 }
 
