@@ -1,4 +1,4 @@
-"""Cost of one optimizer step: plain SGD, SAM, ImbSAM and Focal-SAM on ResNet-32.
+"""Cost of one optimizer step: plain SGD, SAM, ImbSAM, Focal-SAM (and CC-SAM) on ResNet-32.
 
 Every method runs on the same model, data and device, interleaved round by
 round in one process (these machines are noisy), and the figures are medians
@@ -8,6 +8,12 @@ minus the same 2 forward + 3 backward passes run bare, over its step).
 
     python benchmarks/step_cost.py                 # CPU, batch 64
     python benchmarks/step_cost.py --device cuda --batch-size 512 --json
+    python benchmarks/step_cost.py --ccsam     # + CC-SAM vs Focal-SAM, CIFAR-100 shape
+
+With ``--ccsam`` a second section runs on CIFAR-100-LT-shaped batches (100
+classes, counts 500 ... 5): SGD, Focal-SAM and CC-SAM in both modes (public
+code: classifier-only perturbation; paper: whole network), with forward and
+backward passes through the network counted by hooks.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import torch.nn.functional as F
 from focalsam.models import resnet32
 from focalsam.optim import create_optimizer
 
-# CIFAR-10-LT at imbalance ratio 100 (Cao et al.)
+# CIFAR-10-LT / CIFAR-100-LT at imbalance ratio 100 (Cao et al.)
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+COUNTS100 = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
 
 
 def _sync(device: torch.device) -> None:
@@ -103,6 +110,74 @@ def buffer_megabytes(opt: torch.optim.Optimizer) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+def ccsam_section(
+    batch_size: int, device: torch.device, rounds: int, warmup: int, seed: int = 0
+) -> dict:
+    """SGD, Focal-SAM and CC-SAM (both modes) on 100-class long-tailed batches."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
+    probs = torch.tensor(COUNTS100, dtype=torch.float64)
+    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
+    sgd_kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
+    methods = {
+        "sgd": ("plain", {}),
+        "focal_sam": (
+            "focal_sam",
+            {"rho": 0.3, "class_counts": COUNTS100, "gamma": 3.2, "lam": 0.8},
+        ),
+        "ccsam_classifier": (
+            "ccsam",
+            {"rho": 1e-6, "class_counts": COUNTS100, "mode": "classifier"},
+        ),
+        "ccsam_network": ("ccsam", {"rho": 1e-6, "class_counts": COUNTS100, "mode": "network"}),
+    }
+    steps, passes = {}, {}
+    for label, (name, kw) in methods.items():
+        torch.manual_seed(seed)
+        model = resnet32(num_classes=100).to(device)
+        if name == "ccsam":
+            kw = {**kw, "classifier": model.fc}
+        opt = create_optimizer(name, model.parameters(), "sgd", **kw, **sgd_kw)
+        count = {"forward": 0, "backward": 0}
+        model.register_forward_hook(lambda *_a, c=count: c.__setitem__("forward", c["forward"] + 1))
+        model.conv1.weight.register_hook(
+            lambda _g, c=count: c.__setitem__("backward", c["backward"] + 1)
+        )
+
+        def step(model=model, opt=opt) -> None:
+            opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
+
+        step()
+        passes[label] = dict(count)
+        last = getattr(opt, "last_step_passes", None)
+        if last is not None:
+            passes[label].update(
+                classifier_forward=last.classifier_forward,
+                classifier_backward=last.classifier_backward,
+            )
+        steps[label] = step
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    for _ in range(rounds):
+        for label, fn in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[label].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "classes": 100,
+        "classes_in_batch": int(torch.unique(y).numel()),
+        "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
+        "ratio_to_sgd": {k: round(v / med["sgd"], 3) for k, v in med.items()},
+        "ratio_to_focal_sam": {k: round(v / med["focal_sam"], 3) for k, v in med.items()},
+        "passes_per_step": passes,
+    }
+
+
 def measure(
     batch_size: int, device: torch.device, rounds: int, steps_per_round: int, warmup: int
 ) -> dict:
@@ -157,12 +232,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--ccsam", action="store_true", help="add the CC-SAM section (slow on a CPU)"
+    )
+    parser.add_argument("--ccsam-rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     r = measure(args.batch_size, device, args.rounds, args.steps_per_round, args.warmup)
+    if args.ccsam:
+        r["ccsam"] = ccsam_section(args.batch_size, device, args.ccsam_rounds, warmup=1)
     if args.json:
         print(json.dumps(r))
         return
@@ -183,6 +264,22 @@ def main() -> None:
     )
     if "peak_allocated_mb" in r:
         print("peak allocated MB:", r["peak_allocated_mb"])
+    if "ccsam" in r:
+        c = r["ccsam"]
+        print(f"\nCIFAR-100 shape: 100 classes, {c['classes_in_batch']} present in the batch")
+        print(
+            f"{'method':<18}{'ms/step':>10}{'x SGD':>8}{'x Focal':>9}  passes (network fwd/bwd; classifier-only fwd/bwd)"
+        )
+        for name, ms in c["median_ms"].items():
+            p = c["passes_per_step"][name]
+            extra = (
+                f"; {p['classifier_forward']}/{p['classifier_backward']}"
+                if "classifier_forward" in p
+                else ""
+            )
+            print(
+                f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}  {p['forward']}/{p['backward']}{extra}"
+            )
 
 
 if __name__ == "__main__":
