@@ -85,7 +85,6 @@ from focalsam.optim.engine import (
     _check_losses,
     _default_backward,
     _losses_of,
-    _validate_rho,
     _zero_grads,
 )
 from focalsam.optim.errors import (
@@ -96,6 +95,7 @@ from focalsam.optim.errors import (
     NonFiniteLossError,
     StepOrderError,
 )
+from focalsam.optim.wrapper import WrappedOptimizer, _validate_rho
 
 Mode = Literal["classifier", "network"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -218,7 +218,7 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ stage 1
-class CCSAM(Optimizer):
+class CCSAM(WrappedOptimizer):
     """CC-SAM, stage 1: one class-conditioned perturbation per class present.
 
     ``rho_c = rho * sqrt(||w|| / ||g_c||) * P^(1/4) / (sqrt(2) (n_c - 1)^(1/4))``,
@@ -329,35 +329,7 @@ class CCSAM(Optimizer):
                 f"{out_features} outputs"
             )
 
-        defaults = {"rho": rho}
-        if isinstance(base_optimizer, Optimizer):
-            if params is not None:
-                raise InvalidHyperparameterError(
-                    "base_optimizer is already constructed: pass params=None (its "
-                    "parameter groups are used)"
-                )
-            if base_kwargs:
-                raise InvalidHyperparameterError(
-                    f"options {sorted(base_kwargs)} go to the constructed base optimizer, not here"
-                )
-            base = base_optimizer
-            super().__init__(base.param_groups, defaults)
-        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
-            if params is None:
-                raise InvalidHyperparameterError("params is required with an optimizer class")
-            super().__init__(params, defaults)
-            base = base_optimizer(self.param_groups, **base_kwargs)
-        else:
-            raise InvalidHyperparameterError(
-                "base_optimizer must be a torch.optim.Optimizer class or instance, "
-                f"got {base_optimizer!r}"
-            )
-        for group in base.param_groups:
-            _validate_rho(group.setdefault("rho", rho))
-        self.base_optimizer = base
-        # Share groups and state: a scheduler on this object drives the base lr.
-        self.param_groups = base.param_groups
-        self.state = base.state
+        self._wrap(params, base_optimizer, {"rho": rho}, base_kwargs)
 
         self.rho = float(rho)
         self.flat_ratio = float(flat_ratio)
@@ -443,24 +415,6 @@ class CCSAM(Optimizer):
                 "stage 2 retrains the classifier: build CCSAM with classifier=..."
             )
         return CCSAMStage2(self.classifier, optimizer, self.class_counts, **kwargs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state (momentum, moments, param groups with ``rho``)."""
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        base = getattr(self, "base_optimizer", None)
-        if base is None:  # during Optimizer.__init__
-            super().add_param_group(param_group)
-            return
-        for key, value in self.defaults.items():
-            param_group.setdefault(key, value)
-        base.add_param_group(param_group)
 
     # ------------------------------------------------------- classifier mode
     def _classifier_step(

@@ -34,6 +34,7 @@ from focalsam.optim.errors import (
     NonFiniteLossError,
     StepOrderError,
 )
+from focalsam.optim.wrapper import WrappedOptimizer, _validate_rho
 
 Weights = float | Sequence[float] | Tensor | np.ndarray
 BackwardFn = Callable[..., Any]
@@ -70,7 +71,7 @@ def _is_zero(w: float | Tensor) -> bool:
     return bool(w == 0) if isinstance(w, float) else not bool(w.ne(0).any())
 
 
-class WeightedSAM(Optimizer):
+class WeightedSAM(WrappedOptimizer):
     """Sharpness-aware minimization with per-class clean and sharp weights.
 
     ``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)``, with
@@ -145,36 +146,7 @@ class WeightedSAM(Optimizer):
         self._clean_is_zero = _is_zero(self.clean_weights)
         self._sharp_is_zero = _is_zero(self.sharp_weights)
 
-        defaults = {"rho": rho, "adaptive": adaptive}
-        if isinstance(base_optimizer, Optimizer):
-            if params is not None:
-                raise InvalidHyperparameterError(
-                    "base_optimizer is already constructed: pass params=None (its "
-                    "parameter groups are used)"
-                )
-            if base_kwargs:
-                raise InvalidHyperparameterError(
-                    f"options {sorted(base_kwargs)} go to the constructed base optimizer, not here"
-                )
-            base = base_optimizer
-            super().__init__(base.param_groups, defaults)
-        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
-            if params is None:
-                raise InvalidHyperparameterError("params is required with an optimizer class")
-            super().__init__(params, defaults)
-            base = base_optimizer(self.param_groups, **base_kwargs)
-        else:
-            raise InvalidHyperparameterError(
-                "base_optimizer must be a torch.optim.Optimizer class or instance, "
-                f"got {base_optimizer!r}"
-            )
-        for group in base.param_groups:
-            _validate_rho(group.setdefault("rho", rho))
-            group.setdefault("adaptive", adaptive)
-        self.base_optimizer = base
-        # Share groups and state: a scheduler on this object drives the base lr.
-        self.param_groups = base.param_groups
-        self.state = base.state
+        self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
         self.model = model
         self.bn_update: BatchNormUpdate = bn_update
         self.ascent_all_reduce = ascent_all_reduce
@@ -345,25 +317,6 @@ class WeightedSAM(Optimizer):
         self._phase = _IDLE
         self._update(pending.get("scaler"), skip=pending.get("skip", False))
 
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state (momentum, moments, param groups with ``rho``)."""
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        base = getattr(self, "base_optimizer", None)
-        if base is None:  # during Optimizer.__init__
-            super().add_param_group(param_group)
-            return
-        for key, value in self.defaults.items():
-            param_group.setdefault(key, value)
-        _validate_rho(param_group["rho"])
-        base.add_param_group(param_group)
-
     # -------------------------------------------------------------- helpers
     def _sample_weights(
         self, targets: Tensor | None, batch: int, losses: Tensor
@@ -530,11 +483,6 @@ class WeightedSAM(Optimizer):
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
         self.base_optimizer.step()
-
-
-def _validate_rho(rho: Any) -> None:
-    if not isinstance(rho, int | float) or not math.isfinite(rho) or rho < 0:
-        raise InvalidHyperparameterError(f"rho must be a finite number >= 0, got {rho!r}")
 
 
 def _distributed() -> bool:
