@@ -366,7 +366,6 @@ class CCSAM(WrappedOptimizer):
         self._backup: dict[Tensor, Tensor] = {}
         self._rho_cache: dict[tuple[tuple[float, ...], str, torch.dtype], Tensor] = {}
         self._uniform_rho = True
-        self._bn_saved: list[tuple[nn.modules.batchnorm._BatchNorm, Any, Tensor | None]] = []
         self.last_step_passes = PassCount(0, 0, 0, 0)
         self.last_radii: dict[int, Tensor] = {}
 
@@ -651,42 +650,11 @@ class CCSAM(WrappedOptimizer):
             cached = self._rho_cache[key] = torch.tensor(values, dtype=like.dtype).to(like.device)
         return cached
 
-    def _trainable(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
-
     def _buffer(self, p: Tensor) -> Tensor:
         buf = self._backup.get(p)
         if buf is None:
             buf = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
-
-    def _freeze_bn(self) -> None:
-        assert self.model is not None
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                tracked = m.num_batches_tracked
-                self._bn_saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
-                m.momentum = 0.0
-
-    def _unfreeze_bn(self) -> None:
-        for m, momentum, tracked in self._bn_saved:
-            m.momentum = momentum
-            if tracked is not None and m.num_batches_tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-        self._bn_saved.clear()
-
-    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool) -> None:
-        params = [p for p in self._trainable() if p.grad is not None]
-        if scaler is not None:
-            if self.max_grad_norm is not None and not skip:
-                scaler.unscale_(self.base_optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-            scaler.step(self.base_optimizer)
-            scaler.update()
-            return
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-        self.base_optimizer.step()
 
 
 # ------------------------------------------------------------------ stage 2

@@ -164,7 +164,6 @@ class WeightedSAM(WrappedOptimizer):
         self._pending: dict[str, Any] = {}
         self._pending_params: list[Tensor] = []
         self._warned_no_model = False
-        self._bn_saved: list[tuple[nn.modules.batchnorm._BatchNorm, Any, Tensor | None]] = []
 
     # ------------------------------------------------------------------ API
     def step(  # type: ignore[override]
@@ -378,9 +377,6 @@ class WeightedSAM(WrappedOptimizer):
             run_b = bool(values.pop(0))
         return run_a, run_b
 
-    def _trainable(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
-
     def _ascent(self, params: list[Tensor], inv_scale: float, check: bool) -> bool:
         """Write ``eps`` from the gradients in ``.grad``; False if they are not finite."""
         with_grad = [p for p in params if p.grad is not None]
@@ -454,35 +450,6 @@ class WeightedSAM(WrappedOptimizer):
         params = self._pending_params
         torch._foreach_copy_(params, [self._backup[p] for p in params])
         self._unfreeze_bn()
-
-    def _freeze_bn(self) -> None:
-        assert self.model is not None
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                tracked = m.num_batches_tracked
-                self._bn_saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
-                m.momentum = 0.0
-
-    def _unfreeze_bn(self) -> None:
-        for m, momentum, tracked in self._bn_saved:
-            m.momentum = momentum
-            if tracked is not None and m.num_batches_tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-        self._bn_saved.clear()
-
-    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool) -> None:
-        self._opt_called = True  # tells lr schedulers that the optimizer stepped
-        params = [p for p in self._trainable() if p.grad is not None]
-        if scaler is not None:
-            if self.max_grad_norm is not None and not skip:
-                scaler.unscale_(self.base_optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-            scaler.step(self.base_optimizer)
-            scaler.update()
-            return
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-        self.base_optimizer.step()
 
 
 def _distributed() -> bool:

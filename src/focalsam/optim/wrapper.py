@@ -8,7 +8,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from focalsam.optim.errors import InvalidHyperparameterError
@@ -27,6 +28,8 @@ class WrappedOptimizer(Optimizer):
     """
 
     base_optimizer: Optimizer
+    model: nn.Module | None
+    max_grad_norm: float | None
 
     def _wrap(
         self,
@@ -65,6 +68,7 @@ class WrappedOptimizer(Optimizer):
         # Share groups and state: a scheduler on this object drives the base lr.
         self.param_groups = base.param_groups
         self.state = base.state
+        self._bn_saved: list[tuple[nn.modules.batchnorm._BatchNorm, Any, Tensor | None]] = []
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state (momentum, moments, param groups with ``rho``)."""
@@ -84,3 +88,38 @@ class WrappedOptimizer(Optimizer):
             param_group.setdefault(key, value)
         _validate_rho(param_group["rho"])
         base.add_param_group(param_group)
+
+    # ------------------------------------------------------------ shared steps
+    def _trainable(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _freeze_bn(self) -> None:
+        """Hold BatchNorm running statistics (momentum 0) until :meth:`_unfreeze_bn`."""
+        assert self.model is not None
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                tracked = m.num_batches_tracked
+                self._bn_saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
+                m.momentum = 0.0
+
+    def _unfreeze_bn(self) -> None:
+        for m, momentum, tracked in self._bn_saved:
+            m.momentum = momentum
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        self._bn_saved.clear()
+
+    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool) -> None:
+        """Clip the final gradient and take the base step (through the scaler if any)."""
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        params = [p for p in self._trainable() if p.grad is not None]
+        if scaler is not None:
+            if self.max_grad_norm is not None and not skip:
+                scaler.unscale_(self.base_optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+            scaler.step(self.base_optimizer)
+            scaler.update()
+            return
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+        self.base_optimizer.step()
