@@ -153,6 +153,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path, capsys):
     trainer = silent(small_cfg(tmp_path / "run", epochs=1))
     trainer.fit()

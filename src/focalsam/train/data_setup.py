@@ -74,84 +74,57 @@ class _EpochDataLoader:
             yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
 
+def _in_memory(
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    train_xy: tuple[Any, Any],
+    test_xy: tuple[Any, Any],
+    **style: Any,
+) -> tuple[DeviceLoader, DeviceLoader, Callable[[], DeviceLoader]]:
+    """On-device loaders over uint8 images: the training set sharded over ranks, this
+    rank's share of the test set, and a factory of class-balanced training batches.
+    ``style``: layout, normalization and augmentation options of :class:`DeviceLoader`."""
+    kw: dict[str, Any] = {"device": device, "channels_last": cfg.channels_last, **style}
+    train = DeviceLoader(
+        *train_xy, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, **kw
+    )
+    test = DeviceLoader(
+        test_xy[0][rank::world], test_xy[1][rank::world], 1000,
+        sampling="sequential", augment=False, **kw,
+    )  # fmt: skip
+
+    def balanced() -> DeviceLoader:
+        return DeviceLoader(
+            *train_xy, cfg.batch_size, seed=cfg.seed, sampling="class_balanced", **kw
+        )
+
+    return train, test, balanced
+
+
 def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> TrainData:
     """Training loader (sharded over ``world`` ranks) and this rank's share of the test set."""
     name = cfg.dataset.lower().replace("-", "_")
     if name == "digits":
         d = digits_lt(cfg.imbalance_ratio, cfg.profile)  # type: ignore[arg-type]
-        to_u8 = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
-        common = dict(layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, device=device)
-        train = DeviceLoader(
-            to_u8(d.x_train),
-            d.y_train,
-            cfg.batch_size,
-            augment=True,
-            padding=1,
-            flip=False,
-            seed=cfg.seed,
-            rank=rank,
-            world_size=world,
-            channels_last=cfg.channels_last,
-            **common,  # type: ignore[arg-type]
-        )
-        test = DeviceLoader(
-            to_u8(d.x_test)[rank::world],
-            d.y_test[rank::world],
-            512,
-            sampling="sequential",
-            augment=False,
-            **common,  # type: ignore[arg-type]
-        )
-        counts = d.class_counts.tolist()
-        balanced = lambda: DeviceLoader(  # noqa: E731
-            to_u8(d.x_train),
-            d.y_train,
-            cfg.batch_size,
-            augment=True,
-            padding=1,
-            flip=False,
-            seed=cfg.seed,
-            sampling="class_balanced",
-            channels_last=cfg.channels_last,
-            **common,  # type: ignore[arg-type]
-        )
-        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg), balanced)
+
+        def to_u8(x: Tensor) -> Tensor:
+            return (x * 255).round().to(torch.uint8)
+
+        train, test, balanced = _in_memory(
+            cfg, device, rank, world, (to_u8(d.x_train), d.y_train), (to_u8(d.x_test), d.y_test),
+            layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, padding=1, flip=False,
+        )  # fmt: skip
+        return TrainData(train, test, d.class_counts.tolist(), 10, 1, 8, _preset(cfg), balanced)
     if name in ("cifar10", "cifar100"):
         lt = cifar_lt(cfg.data_root, name, cfg.imbalance_ratio, cfg.profile, 0, cfg.download)  # type: ignore[arg-type]
         full_test = cifar_dataset(cfg.data_root, name, train=False)
-        train = DeviceLoader(
-            lt.images,
-            lt.labels,
-            cfg.batch_size,
-            device=device,
-            mean=CIFAR_MEAN,
-            std=CIFAR_STD,
-            seed=cfg.seed,
-            rank=rank,
-            world_size=world,
-            channels_last=cfg.channels_last,
-        )
-        test = DeviceLoader(
-            full_test.images[rank::world],
-            full_test.labels[rank::world],
-            1000,
-            device=device,
-            sampling="sequential",
-            augment=False,
-            channels_last=cfg.channels_last,
-        )
+        train, test, balanced = _in_memory(
+            cfg, device, rank, world, (lt.images, lt.labels), (full_test.images, full_test.labels),
+            mean=CIFAR_MEAN, std=CIFAR_STD,
+        )  # fmt: skip
         counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
-        balanced = lambda: DeviceLoader(  # noqa: E731
-            lt.images,
-            lt.labels,
-            cfg.batch_size,
-            device=device,
-            mean=CIFAR_MEAN,
-            std=CIFAR_STD,
-            seed=cfg.seed,
-            sampling="class_balanced",
-            channels_last=cfg.channels_last,
-        )
         return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced)
     if name in ("imagenet_lt", "inat2018"):
         reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
