@@ -326,3 +326,18 @@ def test_registry_and_weights_are_public():
         lr=0.1,
     )
     assert opt.sharp_weights.tolist() == [0, 0, 2, 2]
+
+
+def test_custom_backward_runs_every_pass():
+    """Lightning's manual optimization passes ``backward=self.manual_backward``."""
+    model = tiny_model()
+    opt = FocalSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, lr=0.1)
+    calls = []
+
+    def backward(loss, retain_graph=False):
+        calls.append(retain_graph)
+        loss.backward(retain_graph=retain_graph)
+
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3] * 2)
+    opt.step(per_sample_ce(model, x, y), y, backward=backward)
+    assert calls == [True, False, False]  # g_b and g_a share one graph, then theta + eps
