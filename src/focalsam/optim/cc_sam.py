@@ -95,7 +95,12 @@ from focalsam.optim.errors import (
     NonFiniteLossError,
     StepOrderError,
 )
-from focalsam.optim.wrapper import WrappedOptimizer, _validate_rho
+from focalsam.optim.wrapper import (
+    WrappedOptimizer,
+    _validate_bn_update,
+    _validate_max_grad_norm,
+    _validate_rho,
+)
 
 Mode = Literal["classifier", "network"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -304,17 +309,13 @@ class CCSAM(WrappedOptimizer):
             )
         if not isinstance(flat_ratio, int | float) or not 0 <= flat_ratio <= 1:
             raise InvalidHyperparameterError(f"flat_ratio must lie in [0, 1], got {flat_ratio!r}")
-        if bn_update not in ("both", "clean"):
-            raise InvalidHyperparameterError(
-                f"bn_update must be 'both' or 'clean', got {bn_update!r}"
-            )
+        _validate_bn_update(bn_update)
         if bn_update == "clean" and mode == "network" and model is None:
             raise InvalidHyperparameterError(
                 "bn_update='clean' freezes BatchNorm statistics of a model in the perturbed "
                 "forward passes: pass model=..."
             )
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        _validate_max_grad_norm(max_grad_norm)
         if mode == "classifier" and classifier is None:
             raise InvalidHyperparameterError(
                 "mode='classifier' perturbs the classifier: pass classifier=model.fc "
@@ -698,8 +699,7 @@ class CCSAMStage2:
         check_finite: bool = True,
     ) -> None:
         _validate_rho(rho)
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        _validate_max_grad_norm(max_grad_norm)
         self.class_counts = validate_class_counts(class_counts)
         self.num_classes = int(self.class_counts.numel())
         out_features = getattr(classifier, "out_features", None)

@@ -34,7 +34,12 @@ from focalsam.optim.errors import (
     NonFiniteLossError,
     StepOrderError,
 )
-from focalsam.optim.wrapper import WrappedOptimizer, _validate_rho
+from focalsam.optim.wrapper import (
+    WrappedOptimizer,
+    _validate_bn_update,
+    _validate_max_grad_norm,
+    _validate_rho,
+)
 
 Weights = float | Sequence[float] | Tensor | np.ndarray
 BackwardFn = Callable[..., Any]
@@ -123,16 +128,12 @@ class WeightedSAM(WrappedOptimizer):
         **base_kwargs: Any,
     ) -> None:
         _validate_rho(rho)
-        if bn_update not in ("both", "clean"):
-            raise InvalidHyperparameterError(
-                f"bn_update must be 'both' or 'clean', got {bn_update!r}"
-            )
+        _validate_bn_update(bn_update)
         if bn_update == "clean" and model is None:
             raise InvalidHyperparameterError(
                 "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
             )
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        _validate_max_grad_norm(max_grad_norm)
         self.clean_weights = _as_weights(clean_weights, "clean_weights")
         self.sharp_weights = _as_weights(sharp_weights, "sharp_weights")
         lengths = {

@@ -20,6 +20,16 @@ def _validate_rho(rho: Any) -> None:
         raise InvalidHyperparameterError(f"rho must be a finite number >= 0, got {rho!r}")
 
 
+def _validate_bn_update(bn_update: Any) -> None:
+    if bn_update not in ("both", "clean"):
+        raise InvalidHyperparameterError(f"bn_update must be 'both' or 'clean', got {bn_update!r}")
+
+
+def _validate_max_grad_norm(max_grad_norm: Any) -> None:
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+
+
 class WrappedOptimizer(Optimizer):
     """Shares ``param_groups`` and ``state`` with ``self.base_optimizer``.
 
