@@ -31,6 +31,7 @@ from focalsam.data.loader import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from focalsam.data.profiles import (
     class_counts,
     long_tailed_counts,
+    long_tailed_indices,
     select_long_tailed,
     validate_imbalance_ratio,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "inaturalist2018",
     "load_cifar",
     "long_tailed_counts",
+    "long_tailed_indices",
     "parse_image_list",
     "select_long_tailed",
     "validate_imbalance_ratio",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from focalsam.data.profiles import Profile, class_counts, long_tailed_counts, select_long_tailed
+from focalsam.data.profiles import Profile, class_counts, long_tailed_indices
 
 __all__ = ["ArrayDataset"]
 
@@ -89,10 +89,11 @@ class ArrayDataset(Dataset[tuple[Any, int]]):
 
         ``n_max`` defaults to the smallest class size (``N / C`` for a balanced set).
         """
-        if n_max is None:
-            n_max = int(self.class_counts.min())
-        counts = long_tailed_counts(n_max, self.num_classes, imbalance_ratio, profile)
-        return self.subset(select_long_tailed(self.labels, counts, seed))
+        return self.subset(
+            long_tailed_indices(
+                self.labels, self.num_classes, imbalance_ratio, profile, seed, n_max
+            )
+        )
 
     def tensors(
         self, device: torch.device | str | None = None

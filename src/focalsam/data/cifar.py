@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from focalsam.data.arrays import ArrayDataset
-from focalsam.data.profiles import Profile, long_tailed_counts, select_long_tailed
+from focalsam.data.profiles import Profile
 
 __all__ = [
     "CIFAR_SPECS",
@@ -252,9 +252,7 @@ def cifar_lt(
     The matching test set is the balanced one: ``cifar_dataset(root, name, train=False)``.
     """
     full = cifar_dataset(root, name, train=True, download=download)
-    n_max = len(full) // full.num_classes
-    counts = long_tailed_counts(n_max, full.num_classes, imbalance_ratio, profile)
-    return full.subset(select_long_tailed(full.labels, counts, seed))
+    return full.long_tailed(imbalance_ratio, profile, seed, n_max=len(full) // full.num_classes)
 
 
 def _md5(path: Path, chunk: int = 1 << 20) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from focalsam.data.profiles import Profile, long_tailed_counts, select_long_tailed
+from focalsam.data.profiles import Profile, long_tailed_indices
 
 __all__ = ["DigitsLT", "digits_lt"]
 
@@ -55,7 +55,7 @@ def digits_lt(
 
     Per class (with one ``RandomState(seed)``), the first ``test_per_class`` of a shuffle form
     the test set; the remaining images are subsampled by :func:`select_long_tailed` with
-    counts ``long_tailed_counts(n_max, 10, imbalance_ratio, profile)``. Deterministic in ``seed``.
+    counts ``long_tailed_counts(n_max, 10, imbalance_ratio, profile)`` (via :func:`long_tailed_indices`). Deterministic in ``seed``.
     """
     from sklearn.datasets import load_digits
 
@@ -77,13 +77,13 @@ def digits_lt(
         pool_idx.append(idx[test_per_class:])
     test = np.concatenate(test_idx)
     pool = np.concatenate(pool_idx)
-    n_max = int(np.bincount(labels[pool], minlength=10).min())
-    counts = long_tailed_counts(n_max, 10, imbalance_ratio, profile)
-    train = pool[select_long_tailed(labels[pool], counts, seed)]
+    # n_max: the smallest remaining class, so every class supplies its share
+    train = pool[long_tailed_indices(labels[pool], 10, imbalance_ratio, profile, seed)]
 
     def tensors(idx: np.ndarray) -> tuple[Tensor, Tensor]:
         return torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx])
 
     x_train, y_train = tensors(train)
     x_test, y_test = tensors(test)
-    return DigitsLT(x_train, y_train, x_test, y_test, torch.tensor(counts, dtype=torch.int64))
+    counts = torch.bincount(y_train, minlength=10)
+    return DigitsLT(x_train, y_train, x_test, y_test, counts)

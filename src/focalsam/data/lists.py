@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from focalsam.data.profiles import Profile, class_counts, long_tailed_counts, select_long_tailed
+from focalsam.data.profiles import Profile, class_counts, long_tailed_indices
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -169,10 +169,11 @@ class ImageListDataset(Dataset[tuple[Any, int]]):
     ) -> ImageListDataset:
         """A long-tailed subset with the CIFAR-LT profile code; ``n_max`` defaults to the
         smallest class size so every class can supply its share."""
-        if n_max is None:
-            n_max = int(self.class_counts.min())
-        counts = long_tailed_counts(n_max, self.num_classes, imbalance_ratio, profile)
-        return self.subset(select_long_tailed(self.labels, counts, seed))
+        return self.subset(
+            long_tailed_indices(
+                self.labels, self.num_classes, imbalance_ratio, profile, seed, n_max
+            )
+        )
 
 
 def _list_dataset(

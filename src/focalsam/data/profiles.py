@@ -22,6 +22,7 @@ __all__ = [
     "Profile",
     "class_counts",
     "long_tailed_counts",
+    "long_tailed_indices",
     "select_long_tailed",
     "validate_imbalance_ratio",
 ]
@@ -122,3 +123,23 @@ def select_long_tailed(
     if not picked:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate(picked).astype(np.int64)
+
+
+def long_tailed_indices(
+    labels: Sequence[int] | np.ndarray,
+    num_classes: int,
+    imbalance_ratio: float,
+    profile: Profile = "exp",
+    seed: int = 0,
+    n_max: int | None = None,
+) -> np.ndarray:
+    """Indices of the long-tailed subset of a labelled set: counts from
+    :func:`long_tailed_counts`, images from :func:`select_long_tailed`.
+
+    ``n_max`` defaults to the smallest class size, so every class can supply its share
+    (``N / C`` for a balanced set such as CIFAR).
+    """
+    if n_max is None:
+        n_max = int(class_counts(labels, num_classes).min())
+    counts = long_tailed_counts(n_max, num_classes, imbalance_ratio, profile)
+    return select_long_tailed(labels, counts, seed)
