@@ -270,3 +270,20 @@ def test_ccsam_resume_in_stage_2_equals_uninterrupted(tmp_path):
     resumed.fit()
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_dataloader_shuffle_depends_only_on_seed_and_epoch():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from focalsam.train.data_setup import _EpochDataLoader
+
+    data = TensorDataset(torch.arange(40).float(), torch.arange(40))
+
+    def order(epoch, seed=0):
+        loader = DataLoader(data, 8, shuffle=True, generator=torch.Generator())
+        wrapped = _EpochDataLoader(loader, torch.device("cpu"), seed)
+        wrapped.set_epoch(epoch)
+        return torch.cat([y for _, y in wrapped]).tolist()
+
+    assert order(3) == order(3)  # a resumed run sees the same epoch
+    assert order(3) != order(4) and order(3) != order(3, seed=1)

@@ -18,6 +18,7 @@ from focalsam.data import (
     cifar_dataset,
     cifar_lt,
     digits_lt,
+    epoch_generator,
     imagenet_lt,
     inaturalist2018,
 )
@@ -52,18 +53,17 @@ class TrainData:
 class _EpochDataLoader:
     """A DataLoader (+ DistributedSampler) that moves batches to the device."""
 
-    def __init__(self, loader: DataLoader[Any], device: torch.device) -> None:
+    def __init__(self, loader: DataLoader[Any], device: torch.device, seed: int = 0) -> None:
         self.loader = loader
         self.device = device
+        self.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
         sampler = self.loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        else:  # a seeded shuffle per epoch
-            gen = self.loader.generator
-            if gen is not None:
-                gen.manual_seed(hash(("epoch", epoch)) & 0x7FFFFFFF)
+        elif self.loader.generator is not None:  # the shuffle of epoch e depends on (seed, e)
+            self.loader.generator.set_state(epoch_generator(self.seed, epoch).get_state())
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -151,7 +151,7 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
         counts = train_set.class_counts.tolist()
         return TrainData(
-            _EpochDataLoader(train_loader, device),
+            _EpochDataLoader(train_loader, device, cfg.seed),
             _EpochDataLoader(test_loader, device),
             counts,
             train_set.num_classes,
