@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,6 +102,26 @@ def reference_run(
             momentum_buf[k] = momentum * momentum_buf[k] + g
             params[k] = params[k] - lr * momentum_buf[k]
     return params, buffers
+
+
+class InfGrad(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward (an fp16 overflow on demand)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad * float("inf")
+
+
+def checkpoint_roundtrip(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` through torch.save and ``torch.load(weights_only=True)``, in memory."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import per_sample_ce, tiny_batches, tiny_model
+from conftest import InfGrad, checkpoint_roundtrip, per_sample_ce, tiny_batches, tiny_model
 from torch import Tensor, nn
 
 from focalsam.optim import (
@@ -301,10 +300,7 @@ def test_resume_equals_uninterrupted(mode):
     opt = build(first, **kw)
     for x, y in batches[:3]:
         opt.step(per_sample_ce(first, x, y), y)
-    buf = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optim": opt.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = checkpoint_roundtrip({"model": first.state_dict(), "optim": opt.state_dict()})
     assert set(ckpt["optim"]) == {"state", "param_groups"}
 
     resumed = tiny_model(seed=123)
@@ -318,14 +314,6 @@ def test_resume_equals_uninterrupted(mode):
 
 
 # ---------------------------------------------------- mixed precision
-class _InfGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
 
 
 @pytest.mark.parametrize("mode", ["classifier", "network"])
@@ -344,7 +332,7 @@ def test_fp16_scaler(mode):
     # an inf gradient: the step is skipped, the scale backs off, nothing moves
     params = [p.clone() for p in m1.parameters()]
     scale = scaler.get_scale()
-    opt1.step(lambda: F.cross_entropy(_InfGrad.apply(m1(x)), y, reduction="none"), y, scaler=scaler)
+    opt1.step(lambda: F.cross_entropy(InfGrad.apply(m1(x)), y, reduction="none"), y, scaler=scaler)
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), params))
     assert scaler.get_scale() == scale * 0.5
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import per_sample_ce, tiny_batches, tiny_model
+from conftest import InfGrad, checkpoint_roundtrip, per_sample_ce, tiny_batches, tiny_model
 
 from focalsam.optim import (
     SAM,
@@ -111,10 +109,7 @@ def test_resume_equals_uninterrupted(name, base, kw):
     opt = build(first)
     for x, y in batches[:3]:
         opt.step(per_sample_ce(first, x, y), y)
-    buf = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optim": opt.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = checkpoint_roundtrip({"model": first.state_dict(), "optim": opt.state_dict()})
 
     resumed = tiny_model(seed=123)  # different init: everything must come from the checkpoint
     resumed.load_state_dict(ckpt["model"])
@@ -124,16 +119,6 @@ def test_resume_equals_uninterrupted(name, base, kw):
         opt.step(per_sample_ce(resumed, x, y), y)
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
-
-
-class _InfGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
 
 
 def test_fp16_scaler_skips_the_step_on_an_inf_gradient():
@@ -150,7 +135,7 @@ def test_fp16_scaler_skips_the_step_on_an_inf_gradient():
     scale = scaler.get_scale()
 
     def closure():
-        return F.cross_entropy(_InfGrad.apply(model(x)), y, reduction="none")
+        return F.cross_entropy(InfGrad.apply(model(x)), y, reduction="none")
 
     opt.step(closure, y, scaler=scaler)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
