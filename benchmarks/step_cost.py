@@ -41,18 +41,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+SGD_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
+
+
+def long_tailed_batch(
+    batch_size: int, counts: list[int], device: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-shaped random images; labels drawn with the long-tailed class frequencies."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
+    probs = torch.tensor(counts, dtype=torch.float64)
+    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
+    return x, y
+
+
 def build_steps(
     batch_size: int, device: torch.device, seed: int = 0
 ) -> tuple[
     dict[str, Callable[[], None]], dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]
 ]:
     """One model and one step function per method, same initial weights and data."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
-    # A long-tailed batch: labels drawn with the CIFAR-10-LT class frequencies.
-    probs = torch.tensor(COUNTS, dtype=torch.float64)
-    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
-    sgd_kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
+    x, y = long_tailed_batch(batch_size, COUNTS, device, seed)
     methods = {
         "sgd": None,
         "sam": {"rho": 0.2},
@@ -67,7 +76,7 @@ def build_steps(
         model = resnet32(num_classes=len(COUNTS)).to(device)
         models[name] = model
         if kw is None:
-            opt = torch.optim.SGD(model.parameters(), **sgd_kw)
+            opt = torch.optim.SGD(model.parameters(), **SGD_KW)
 
             def sgd_step(model=model, opt=opt) -> None:
                 opt.zero_grad(set_to_none=False)
@@ -76,7 +85,7 @@ def build_steps(
 
             steps[name] = sgd_step
         else:
-            sam = create_optimizer(name, model.parameters(), "sgd", **kw, **sgd_kw)
+            sam = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
 
             def sam_step(model=model, opt=sam) -> None:
                 opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
@@ -114,11 +123,7 @@ def ccsam_section(
     batch_size: int, device: torch.device, rounds: int, warmup: int, seed: int = 0
 ) -> dict:
     """SGD, Focal-SAM and CC-SAM (both modes) on 100-class long-tailed batches."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
-    probs = torch.tensor(COUNTS100, dtype=torch.float64)
-    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
-    sgd_kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
+    x, y = long_tailed_batch(batch_size, COUNTS100, device, seed)
     methods = {
         "sgd": ("plain", {}),
         "focal_sam": (
@@ -137,7 +142,7 @@ def ccsam_section(
         model = resnet32(num_classes=100).to(device)
         if name == "ccsam":
             kw = {**kw, "classifier": model.fc}
-        opt = create_optimizer(name, model.parameters(), "sgd", **kw, **sgd_kw)
+        opt = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
         count = {"forward": 0, "backward": 0}
         model.register_forward_hook(lambda *_a, c=count: c.__setitem__("forward", c["forward"] + 1))
         model.conv1.weight.register_hook(
