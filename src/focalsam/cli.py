@@ -107,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    report = Trainer(cfg, resume=args.resume).fit()
+    with Trainer(cfg, resume=args.resume) as trainer:
+        report = trainer.fit()
     if report.get("selected"):
         print(_summary_table({cfg.optimizer: report}, report["shot_preset"], cfg.select))
     return 0
@@ -132,10 +133,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if args.checkpoint in ("last", "best"):
         ckpt = run_dir / f"{args.checkpoint}.pt"
-    trainer = Trainer(cfg, log=lambda _m: None)
-    payload = load_checkpoint(ckpt, map_location=trainer.device)
-    trainer.model.load_state_dict(payload["model"])
-    result = trainer.evaluate()
+    with Trainer(cfg, log=lambda _m: None) as trainer:
+        payload = load_checkpoint(ckpt, map_location=trainer.device)
+        trainer.model.load_state_dict(payload["model"])
+        result = trainer.evaluate()
     result = {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), **result}
     if args.json:
         print(json.dumps(result))
@@ -192,7 +193,8 @@ def run_demo(epochs: int | None = None, root: Path | None = None) -> int:
         if epochs is not None:
             overrides["epochs"] = epochs
         cfg = make_config(get_preset("demo"), overrides=overrides)
-        reports[labels[opt]] = Trainer(cfg, log=lambda _m: None).fit()
+        with Trainer(cfg, log=lambda _m: None) as trainer:
+            reports[labels[opt]] = trainer.fit()
         print(f"  {labels[opt]:<10} done ({reports[labels[opt]]['seconds_per_epoch']:.2f} s/epoch)")
     any_report = next(iter(reports.values()))
     print(_summary_table(reports, any_report["shot_preset"], "last epoch"))

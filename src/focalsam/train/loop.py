@@ -104,9 +104,12 @@ class Trainer:
         log: Callable[[str], None] = print,
     ) -> None:
         self.rank, self.local_rank, self.world = _distributed_env()
+        # A group we start is ours to end (close()); one the caller started is theirs.
+        self._owns_process_group = False
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend)
+            self._owns_process_group = True
         self.device = resolve_device(cfg.device, self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -115,6 +118,14 @@ class Trainer:
         self.on_step = on_step
         self._stop: str | None = None
 
+        self._tb: Any = None
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self.close(clean=False)  # a failed set-up must not leave the group to die at exit
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: str | Path | None) -> None:
         checkpoint = None
         if resume is not None:
             resume = Path(resume)
@@ -516,6 +527,29 @@ class Trainer:
             self._restore_signal_handlers(handlers)
             if self._tb is not None:
                 self._tb.flush()
+
+    def close(self, *, clean: bool = True) -> None:
+        """End the process group this trainer started (under torchrun); safe to call twice.
+
+        With ``clean`` every rank first waits at a barrier, so no rank tears its
+        connections down while a peer still has a collective in flight (gloo
+        aborts the peer process if it does). After a failure pass ``clean=False``:
+        a peer that died would leave the barrier waiting.
+        """
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._owns_process_group and dist.is_initialized():
+            if clean:
+                dist.barrier()
+            dist.destroy_process_group()
+        self._owns_process_group = False
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(clean=exc_type is None)
 
     def report(self) -> dict[str, Any]:
         """The final figures: last epoch and best test epoch, each labelled."""
