@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -127,3 +130,30 @@ def checkpoint_roundtrip(payload: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def shared_dir() -> Path:
     return SHARED
+
+
+def run_gloo(fn: Callable[..., None], world: int, store: Path, *args: Any) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` spawned CPU processes on one gloo group.
+
+    ``fn`` must be a module-level function (spawn pickles it by name). The group
+    meets through a file store (no port to race for). Each process ends cleanly:
+    a barrier, so no rank closes its connections while a peer still has a
+    collective in flight, then a garbage collection, so DDP reducers and comm-hook
+    futures are freed while the interpreter is whole, and only then the group is
+    destroyed. Without this, gloo now and then aborts a process at exit
+    ("terminate called without an active exception").
+    """
+    mp.spawn(_gloo_entry, args=(world, f"file://{store}", fn, args), nprocs=world, join=True)
+
+
+def _gloo_entry(
+    rank: int, world: int, init: str, fn: Callable[..., None], args: tuple[Any, ...]
+) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        fn(rank, world, *args)  # everything fn built is released when it returns
+        dist.barrier()
+    finally:
+        gc.collect()
+        dist.destroy_process_group()

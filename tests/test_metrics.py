@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import run_gloo
 
 import focalsam.metrics.accuracy as accuracy_mod
 import focalsam.metrics.shots as shots_mod
@@ -177,34 +176,28 @@ def test_accumulator_bad_input():
 
 
 # ------------------------------------------------------------------ DDP
-def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        g = torch.Generator().manual_seed(0)
-        y = torch.randint(0, 4, (60,), generator=g)
-        logits = torch.randn(60, 4, generator=g)
-        # uneven shards: rank 0 gets 40 samples, rank 1 gets 20
-        sl = slice(0, 40) if rank == 0 else slice(40, 60)
-        m = LongTailAccuracy(4, class_counts=[200, 50, 30, 5], confusion=True)
-        m.update(logits[sl], y[sl])
-        torch.save(
-            {
-                "global": m.compute(),
-                "again": m.compute(),
-                "local": m.compute(sync=False),
-                "confusion": m.confusion_matrix(),
-            },
-            f"{out}.{rank}",
-        )
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (60,), generator=g)
+    logits = torch.randn(60, 4, generator=g)
+    # uneven shards: rank 0 gets 40 samples, rank 1 gets 20
+    sl = slice(0, 40) if rank == 0 else slice(40, 60)
+    m = LongTailAccuracy(4, class_counts=[200, 50, 30, 5], confusion=True)
+    m.update(logits[sl], y[sl])
+    torch.save(
+        {
+            "global": m.compute(),
+            "again": m.compute(),
+            "local": m.compute(sync=False),
+            "confusion": m.confusion_matrix(),
+        },
+        f"{out}.{rank}",
+    )
 
 
 def test_ddp_counts_are_summed_across_ranks(tmp_path):
-    init = f"file://{tmp_path / 'store'}"
     out = str(tmp_path / "res")
-    mp.spawn(_ddp_worker, args=(2, init, out), nprocs=2, join=True)
+    run_gloo(_ddp_worker, 2, tmp_path / "store", out)
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (60,), generator=g)
     logits = torch.randn(60, 4, generator=g)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import tiny_batches, tiny_model
+from conftest import run_gloo, tiny_batches, tiny_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from focalsam.optim import FocalSAM
@@ -20,51 +17,38 @@ KW = dict(class_counts=COUNTS, gamma=2.0, lam=0.6, rho=0.2, lr=0.1, momentum=0.9
 STEPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, out: str, ascent_all_reduce: bool) -> None:
+    model = DDP(tiny_model(batchnorm=False))
+    calls = []
 
+    def counting_hook(state, bucket):
+        calls.append(1)
+        tensor = bucket.buffer().div_(world)
+        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
 
-def _worker(rank: int, world: int, port: int, out: str, ascent_all_reduce: bool) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model = DDP(tiny_model(batchnorm=False))
-        calls = []
-
-        def counting_hook(state, bucket):
-            calls.append(1)
-            tensor = bucket.buffer().div_(world)
-            return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
-
-        model.register_comm_hook(None, counting_hook)
-        opt = FocalSAM(
-            model.parameters(),
-            torch.optim.SGD,
-            model=model,
-            ascent_all_reduce=ascent_all_reduce,
-            **KW,
-        )
-        per_step = []
-        for x, y in tiny_batches(STEPS, batch=12):
-            xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-            before = len(calls)
-            opt.step(lambda xs=xs, ys=ys: F.cross_entropy(model(xs), ys, reduction="none"), ys)
-            per_step.append(len(calls) - before)
-        torch.save(
-            {"params": [p.detach() for p in model.module.parameters()], "allreduces": per_step},
-            f"{out}.{rank}",
-        )
-    finally:
-        dist.destroy_process_group()
+    model.register_comm_hook(None, counting_hook)
+    opt = FocalSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        model=model,
+        ascent_all_reduce=ascent_all_reduce,
+        **KW,
+    )
+    per_step = []
+    for x, y in tiny_batches(STEPS, batch=12):
+        xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+        before = len(calls)
+        opt.step(lambda xs=xs, ys=ys: F.cross_entropy(model(xs), ys, reduction="none"), ys)
+        per_step.append(len(calls) - before)
+    torch.save(
+        {"params": [p.detach() for p in model.module.parameters()], "allreduces": per_step},
+        f"{out}.{rank}",
+    )
 
 
 def _run(tmp_path: Path, ascent_all_reduce: bool) -> list[dict]:
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, _free_port(), out, ascent_all_reduce), nprocs=2, join=True)
+    run_gloo(_worker, 2, tmp_path / "store", out, ascent_all_reduce)
     return [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from conftest import run_gloo
 
 from focalsam.cli import main
 from focalsam.train import (
@@ -227,6 +229,20 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]  # written once, by rank 0
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2
+
+
+def _callers_group_worker(rank: int, world: int, run_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    cfg = small_cfg(Path(run_dir), epochs=1, model="mlp", device="cpu")
+    with silent(cfg) as trainer:
+        trainer.fit()
+    assert dist.is_initialized(), "the trainer ended a process group it did not start"
+
+
+def test_trainer_leaves_a_callers_process_group_open(tmp_path):
+    # run_gloo's closing barrier needs the group: it fails if the trainer destroyed it
+    run_gloo(_callers_group_worker, 2, tmp_path / "store", str(tmp_path / "run"))
+    assert [json.loads(r)["epoch"] for r in (tmp_path / "run" / "metrics.jsonl").open()] == [1]
 
 
 def test_ccsam_runs_both_stages_and_stage_2_trains_only_the_classifier(tmp_path):
