@@ -93,6 +93,10 @@ class Trainer:
     ``resume``: a run directory (or checkpoint file) to continue from; the run
     continues exactly where the checkpoint left it, mid-epoch included.
     ``on_step(trainer, epoch, step)`` is called after every optimizer step.
+
+    Under torchrun the trainer starts the process group; use it as a context
+    manager (``with Trainer(cfg) as t: t.fit()``) or call :meth:`close`, so the
+    group is ended while the interpreter is whole.
     """
 
     def __init__(
