@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from focalsam.data.profiles import Profile, class_counts, long_tailed_indices
+from focalsam.data.profiles import LongTailSubsets, class_counts
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # Python 3.10 has no typing.Self
 
 __all__ = ["ArrayDataset"]
 
 
-class ArrayDataset(Dataset[tuple[Any, int]]):
+class ArrayDataset(LongTailSubsets, Dataset[tuple[Any, int]]):
     """Images held in memory as a uint8 array ``(N, H, W, C)`` with int64 labels ``(N,)``.
 
     ``dataset[i]`` returns ``(image, label)``: the raw ``(H, W, C)`` uint8 array when
@@ -66,33 +69,11 @@ class ArrayDataset(Dataset[tuple[Any, int]]):
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
         return self.transform(pil), label
 
-    @property
-    def class_counts(self) -> np.ndarray:
-        """Samples per class, int64 array of length ``num_classes``."""
-        return class_counts(self.labels, self.num_classes)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Self:
         """The samples at ``indices`` (a copy), same classes and transform."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ArrayDataset(
+        return type(self)(
             self.images[idx], self.labels[idx], self.num_classes, self.class_names, self.transform
-        )
-
-    def long_tailed(
-        self,
-        imbalance_ratio: float,
-        profile: Profile = "exp",
-        seed: int = 0,
-        n_max: int | None = None,
-    ) -> ArrayDataset:
-        """A long-tailed subset by the profile code of :mod:`focalsam.data.profiles`.
-
-        ``n_max`` defaults to the smallest class size (``N / C`` for a balanced set).
-        """
-        return self.subset(
-            long_tailed_indices(
-                self.labels, self.num_classes, imbalance_ratio, profile, seed, n_max
-            )
         )
 
     def tensors(

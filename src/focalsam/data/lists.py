@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from focalsam.data.profiles import Profile, class_counts, long_tailed_indices
+from focalsam.data.profiles import LongTailSubsets, Profile, class_counts
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # Python 3.10 has no typing.Self
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -84,7 +87,7 @@ def _load_rgb(path: Path, origin: str | None) -> Any:
         raise OSError(f"cannot decode image {path}{where}: {e}") from e
 
 
-class ImageListDataset(Dataset[tuple[Any, int]]):
+class ImageListDataset(LongTailSubsets, Dataset[tuple[Any, int]]):
     """``(image, label)`` pairs from ``root / relative_path``, listed in a file or given directly.
 
     ``dataset[i]`` is ``(transform(PIL RGB image), label)``, or the PIL image when ``transform``
@@ -141,15 +144,10 @@ class ImageListDataset(Dataset[tuple[Any, int]]):
             img = self.transform(img)
         return img, int(self.labels[index])
 
-    @property
-    def class_counts(self) -> np.ndarray:
-        """Images per class (int64, length ``num_classes``)."""
-        return class_counts(self.labels, self.num_classes)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageListDataset:
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Self:
         """The entries at ``indices``, same root, classes and transform."""
         idx = np.asarray(indices, dtype=np.int64)
-        out = ImageListDataset(
+        out = type(self)(
             self.root,
             transform=self.transform,
             num_classes=self.num_classes,
@@ -159,21 +157,6 @@ class ImageListDataset(Dataset[tuple[Any, int]]):
         if self._origins is not None:
             out._origins = [self._origins[i] for i in idx]
         return out
-
-    def long_tailed(
-        self,
-        imbalance_ratio: float,
-        profile: Profile = "exp",
-        seed: int = 0,
-        n_max: int | None = None,
-    ) -> ImageListDataset:
-        """A long-tailed subset with the CIFAR-LT profile code; ``n_max`` defaults to the
-        smallest class size so every class can supply its share."""
-        return self.subset(
-            long_tailed_indices(
-                self.labels, self.num_classes, imbalance_ratio, profile, seed, n_max
-            )
-        )
 
 
 def _list_dataset(

@@ -12,13 +12,17 @@ does in the reference code, so the same images are picked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # Python 3.10 has no typing.Self
 
 Profile = Literal["exp", "step"]
 
 __all__ = [
+    "LongTailSubsets",
     "Profile",
     "class_counts",
     "long_tailed_counts",
@@ -143,3 +147,39 @@ def long_tailed_indices(
         n_max = int(class_counts(labels, num_classes).min())
     counts = long_tailed_counts(n_max, num_classes, imbalance_ratio, profile)
     return select_long_tailed(labels, counts, seed)
+
+
+class LongTailSubsets:
+    """Class counts and long-tailed subsets for a labelled dataset.
+
+    A mixin: the dataset sets ``labels`` (int64 array), ``num_classes`` and defines
+    ``subset(indices)``, which returns a dataset of its own type.
+    """
+
+    labels: np.ndarray
+    num_classes: int
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Self:
+        raise NotImplementedError
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Samples per class, int64 array of length ``num_classes``."""
+        return class_counts(self.labels, self.num_classes)
+
+    def long_tailed(
+        self,
+        imbalance_ratio: float,
+        profile: Profile = "exp",
+        seed: int = 0,
+        n_max: int | None = None,
+    ) -> Self:
+        """A long-tailed subset by :func:`long_tailed_indices` (the CIFAR-LT profile code).
+
+        ``n_max`` defaults to the smallest class size (``N / C`` for a balanced set).
+        """
+        return self.subset(
+            long_tailed_indices(
+                self.labels, self.num_classes, imbalance_ratio, profile, seed, n_max
+            )
+        )
