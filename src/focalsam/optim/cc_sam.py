@@ -82,6 +82,8 @@ from torch.optim import Optimizer
 
 from focalsam.optim.class_weights import ClassCounts, validate_class_counts
 from focalsam.optim.engine import (
+    BackwardFn,
+    BatchNormUpdate,
     _check_losses,
     _default_backward,
     _losses_of,
@@ -104,8 +106,6 @@ from focalsam.optim.wrapper import (
 
 Mode = Literal["classifier", "network"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-BackwardFn = Callable[..., Any]
-BatchNormUpdate = Literal["both", "clean"]
 
 _TINY = 1e-12
 
