@@ -44,6 +44,26 @@ def _sync(device: torch.device) -> None:
 SGD_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
 
 
+def interleaved_medians(
+    steps: dict[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    steps_per_round: int = 1,
+) -> dict[str, float]:
+    """Median seconds per call of each step; the steps take turns, round by round, so a
+    noisy machine slows them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            for _ in range(steps_per_round):
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def long_tailed_batch(
     batch_size: int, counts: list[int], device: torch.device, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,18 +181,10 @@ def ccsam_section(
                 classifier_backward=last.classifier_backward,
             )
         steps[label] = step
-    times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         for _ in range(warmup):
             fn()
-    for _ in range(rounds):
-        for label, fn in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[label].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(steps, device, rounds)
     return {
         "classes": 100,
         "classes_in_batch": int(torch.unique(y).numel()),
@@ -187,7 +199,6 @@ def measure(
     batch_size: int, device: torch.device, rounds: int, steps_per_round: int, warmup: int
 ) -> dict:
     steps, models, optims = build_steps(batch_size, device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
     peak: dict[str, float] = {}
     for name, fn in steps.items():
         for _ in range(warmup):
@@ -197,15 +208,7 @@ def measure(
             fn()
             _sync(device)
             peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            for _ in range(steps_per_round):
-                _sync(device)
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+    med = interleaved_medians(steps, device, rounds, steps_per_round)
     result = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
