@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import InfGrad, checkpoint_roundtrip, per_sample_ce, tiny_batches, tiny_model
+from conftest import (
+    InfGrad,
+    check_bf16_resnet32_step,
+    checkpoint_roundtrip,
+    per_sample_ce,
+    tiny_batches,
+    tiny_model,
+)
 from torch import Tensor, nn
 
 from focalsam.optim import (
@@ -338,25 +345,12 @@ def test_fp16_scaler(mode):
 
 
 def test_bf16_autocast_on_resnet32():
-    from focalsam.models import resnet32
-
-    torch.manual_seed(0)
-    model = resnet32(num_classes=4)
-    opt = CCSAM(
-        model.parameters(), torch.optim.SGD, class_counts=COUNTS, classifier=model.fc, lr=0.05
+    check_bf16_resnet32_step(
+        lambda model: CCSAM(
+            model.parameters(), torch.optim.SGD, class_counts=COUNTS, classifier=model.fc, lr=0.05
+        ),
+        targets=torch.tensor([0, 1, 2, 3, 0, 0, 1, 2]),
     )
-    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 0, 1, 2])
-    before = [p.clone() for p in model.parameters()]
-
-    def closure():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x)
-        return F.cross_entropy(logits.float(), y, reduction="none")
-
-    losses = opt.step(closure, y)
-    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
 # ------------------------------------------------------------ bad input

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import InfGrad, checkpoint_roundtrip, per_sample_ce, tiny_batches, tiny_model
+from conftest import (
+    InfGrad,
+    check_bf16_resnet32_step,
+    checkpoint_roundtrip,
+    per_sample_ce,
+    tiny_batches,
+    tiny_model,
+)
 
 from focalsam.optim import (
     SAM,
@@ -165,23 +172,9 @@ def test_fp16_scaler_step_equals_unscaled_step():
 
 
 def test_bf16_autocast_runs():
-    from focalsam.models import resnet32
-
-    torch.manual_seed(0)
-    model = resnet32(num_classes=4)
-    opt = FocalSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, lr=0.05)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
-    before = [p.clone() for p in model.parameters()]
-
-    def closure():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x)
-        return F.cross_entropy(logits.float(), y, reduction="none")
-
-    losses = opt.step(closure, y)
-    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    check_bf16_resnet32_step(
+        lambda model: FocalSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, lr=0.05)
+    )
 
 
 # ------------------------------------------------------------------ bad input

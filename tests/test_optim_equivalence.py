@@ -25,6 +25,12 @@ def assert_same_params(m1, m2, atol=1e-12):
         torch.testing.assert_close(p, q, atol=atol, rtol=0, msg=n)
 
 
+def assert_matches_reference(named, reference, atol=1e-11):
+    """Each named tensor equals the reference run's tensor of that name, to ``atol``."""
+    for name, t in named:
+        torch.testing.assert_close(t, reference[name], atol=atol, rtol=0, msg=name)
+
+
 def test_focal_sam_lam0_is_the_base_optimizer():
     batches = tiny_batches(5)
     m1, m2 = tiny_model(), tiny_model()
@@ -93,8 +99,7 @@ def test_sam_matches_reference(adaptive):
         SAM(model.parameters(), torch.optim.SGD, rho=0.2, adaptive=adaptive, **SGD_KW),
         batches,
     )
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p, ref_params[name], atol=1e-11, rtol=0, msg=name)
+    assert_matches_reference(model.named_parameters(), ref_params)
 
 
 @pytest.mark.parametrize("gamma,lam", [(2.0, 0.5), (3.2, 0.8), (0.5, 1.5)])
@@ -116,11 +121,9 @@ def test_focal_sam_matches_the_formula_with_batchnorm(gamma, lam):
         ),
         batches,
     )
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p, ref_params[name], atol=1e-11, rtol=0, msg=name)
+    assert_matches_reference(model.named_parameters(), ref_params)
     # BatchNorm statistics were updated in both forward passes, as in the reference
-    for name, buf in model.named_buffers():
-        torch.testing.assert_close(buf, ref_buffers[name], atol=1e-11, rtol=0, msg=name)
+    assert_matches_reference(model.named_buffers(), ref_buffers)
 
 
 @pytest.mark.parametrize("kappa", [1.0, 2.0])
@@ -143,8 +146,7 @@ def test_imbsam_is_the_two_weight_rule_with_its_weights(kappa):
         ),
         batches,
     )
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p, ref_params[name], atol=1e-11, rtol=0, msg=name)
+    assert_matches_reference(model.named_parameters(), ref_params)
 
 
 def test_explicit_phases_equal_step():
