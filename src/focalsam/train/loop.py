@@ -536,9 +536,8 @@ class Trainer:
         """End the process group this trainer started (under torchrun); safe to call twice.
 
         With ``clean`` every rank first waits at a barrier, so no rank tears its
-        connections down while a peer still has a collective in flight (gloo
-        aborts the peer process if it does). After a failure pass ``clean=False``:
-        a peer that died would leave the barrier waiting.
+        connections down while a peer still has a collective in flight. After a
+        failure pass ``clean=False``: a peer that died would leave the barrier waiting.
         """
         if self._tb is not None:
             self._tb.close()
