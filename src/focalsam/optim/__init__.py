@@ -37,8 +37,17 @@ from focalsam.optim.focal_sam import FocalSAM
 from focalsam.optim.imbsam import ImbSAM
 from focalsam.optim.registry import (
     BASE_OPTIMIZERS,
+    CCSAMOptions,
+    FocalSAMOptions,
+    ImbSAMOptions,
+    MethodSpec,
+    StageSpec,
+    canonical_name,
     create_optimizer,
+    get_method,
     list_optimizers,
+    optimizer_aliases,
+    register_method,
     register_optimizer,
     resolve_base_optimizer,
 )
@@ -47,6 +56,15 @@ from focalsam.optim.sam import SAM, PlainOptimizer
 __all__ = [
     "BASE_OPTIMIZERS",
     "CCSAM",
+    "CCSAMOptions",
+    "FocalSAMOptions",
+    "ImbSAMOptions",
+    "MethodSpec",
+    "StageSpec",
+    "canonical_name",
+    "get_method",
+    "optimizer_aliases",
+    "register_method",
     "CCSAMStage2",
     "PassCount",
     "SAM",

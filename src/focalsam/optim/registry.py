@@ -1,15 +1,26 @@
-"""Name -> optimizer registry: ``create_optimizer("focal_sam", params, ...)``."""
+"""The one source of method names: a :class:`MethodSpec` per optimizer, by name.
+
+A spec carries what a caller needs to build the method without knowing it:
+its class, its own typed options (a dataclass, validated by itself), which of
+the shared sharpness-aware settings it takes, whether it needs the training
+class counts or the classifier head, and its stages. A training loop builds
+any method through :meth:`MethodSpec.build` and never branches on its name.
+"""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import math
+import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from focalsam.names import normalize_name
 from focalsam.optim.cc_sam import CCSAM
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.focal_sam import FocalSAM
@@ -18,9 +29,6 @@ from focalsam.optim.sam import SAM, PlainOptimizer
 
 OptimizerFactory = Callable[..., Optimizer]
 
-_OPTIMIZERS: dict[str, OptimizerFactory] = {}
-_ALIASES: dict[str, str] = {}
-
 BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
@@ -28,33 +36,227 @@ BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
 }
 
+#: Settings every sharpness-aware rule of the engine takes (see ``WeightedSAM``).
+SAM_SETTINGS = ("rho", "adaptive", "bn_update", "ascent_all_reduce", "max_grad_norm", "model")
 
-def _normalize(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+
+def _finite(name: str, value: Any, low: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low:
+        raise InvalidHyperparameterError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+
+
+@dataclass
+class FocalSAMOptions:
+    """Focal-SAM: sharp weight ``c(y) = lam * (1 - pi_y) ** gamma``, clean weight ``1 - c(y)``."""
+
+    gamma: float = 2.0
+    lam: float = 0.5
+
+    def validate(self) -> None:
+        _finite("focal_sam.gamma", self.gamma)
+        _finite("focal_sam.lam", self.lam)
+        if self.lam > 1:
+            warnings.warn(
+                f"focal_sam.lam={self.lam:g} > 1: the clean weights 1 - c(y) of the head classes "
+                "are negative (the published iNaturalist ResNet-50 recipe uses 1.1)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "lam": self.lam}
+
+
+@dataclass
+class ImbSAMOptions:
+    """ImbSAM: classes with fewer than ``eta`` training images are tail; ``kappa`` weights
+    their sharpness (the paper uses 1, its public code 2)."""
+
+    eta: float = 100.0
+    kappa: float = 1.0
+
+    def validate(self) -> None:
+        _finite("imbsam.eta", self.eta)
+        _finite("imbsam.kappa", self.kappa)
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return {"eta": self.eta, "kappa": self.kappa}
+
+
+@dataclass
+class CCSAMOptions:
+    """CC-SAM: stage 1's radius scale and mix, stage 2 (the classifier on class-balanced
+    batches of perturbed features) for ``stage2_epochs`` at a constant ``stage2_lr``."""
+
+    rho: float = 1e-6
+    flat_ratio: float = 0.5
+    mode: str = "classifier"
+    stage2_epochs: int = 30
+    stage2_lr: float = 0.01
+    rho2: float = 1.0
+    up_limit: float = 1.0
+
+    def validate(self) -> None:
+        _finite("ccsam.rho", self.rho)
+        _finite("ccsam.flat_ratio", self.flat_ratio)
+        if self.flat_ratio > 1:
+            raise InvalidHyperparameterError(
+                f"ccsam.flat_ratio must lie in [0, 1], got {self.flat_ratio!r}"
+            )
+        if self.mode not in ("classifier", "network"):
+            raise InvalidHyperparameterError(
+                f"ccsam.mode must be 'classifier' (public code) or 'network' (paper), "
+                f"got {self.mode!r}"
+            )
+        if isinstance(self.stage2_epochs, bool) or not isinstance(self.stage2_epochs, int):
+            raise InvalidHyperparameterError(
+                f"ccsam.stage2_epochs must be an integer, got {self.stage2_epochs!r}"
+            )
+        if self.stage2_epochs < 0:
+            raise InvalidHyperparameterError(
+                f"ccsam.stage2_epochs must be >= 0, got {self.stage2_epochs}"
+            )
+        _finite("ccsam.stage2_lr", self.stage2_lr)
+        if self.stage2_lr == 0:
+            raise InvalidHyperparameterError("ccsam.stage2_lr must be > 0, got 0")
+        _finite("ccsam.rho2", self.rho2)
+        _finite("ccsam.up_limit", self.up_limit)
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return {"rho": self.rho, "flat_ratio": self.flat_ratio, "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A training stage after the optimizer's own: ``kind`` names what it trains
+    (``"classifier"``: the head alone, on class-balanced batches of features),
+    ``epochs`` reads its length from the options."""
+
+    kind: str
+    epochs: Callable[[Any], int]
+    build: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is and needs; :meth:`build` makes it from generic inputs."""
+
+    name: str
+    factory: OptimizerFactory
+    description: str
+    options: type | None = None
+    settings: tuple[str, ...] = SAM_SETTINGS
+    fixed: dict[str, Any] = field(default_factory=dict)
+    needs_class_counts: bool = False
+    needs_classifier: bool = False
+    aliases: tuple[str, ...] = ()
+    later_stages: tuple[StageSpec, ...] = ()
+    #: forward / backward passes per step, for reports (None: depends on the batch)
+    passes: tuple[int, int] | None = None
+
+    def default_options(self) -> Any:
+        return self.options() if self.options is not None else None
+
+    def build(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: str | type[Optimizer] = "sgd",
+        *,
+        options: Any = None,
+        class_counts: Any = None,
+        classifier: nn.Module | None = None,
+        settings: dict[str, Any] | None = None,
+        **base_kwargs: Any,
+    ) -> Optimizer:
+        """The optimizer, from its options (a :attr:`options` instance, default: the
+        defaults), the shared ``settings`` it takes (others are ignored: ``rho`` means
+        nothing to the plain optimizer), and the base optimizer's keyword arguments."""
+        kwargs: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k in self.settings}
+        if self.options is not None:
+            opts = options if options is not None else self.options()
+            if not isinstance(opts, self.options):
+                raise InvalidHyperparameterError(
+                    f"options of {self.name!r} must be {self.options.__name__}, got {opts!r}"
+                )
+            opts.validate()
+            kwargs.update(opts.optimizer_kwargs())
+        if self.needs_class_counts:
+            if class_counts is None:
+                raise InvalidHyperparameterError(f"{self.name} needs class_counts")
+            kwargs["class_counts"] = class_counts
+        if self.needs_classifier:
+            kwargs["classifier"] = classifier
+        kwargs.update(self.fixed)
+        return self.factory(params, resolve_base_optimizer(base_optimizer), **kwargs, **base_kwargs)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` under its name and aliases; a name may be registered once."""
+    names = [normalize_name(spec.name), *(normalize_name(a) for a in spec.aliases)]
+    for key in names:
+        if key in _METHODS or key in _ALIASES:
+            raise ValueError(f"optimizer name {key!r} is already registered")
+    _METHODS[names[0]] = spec
+    for alias in names[1:]:
+        _ALIASES[alias] = names[0]
+    return spec
 
 
 def register_optimizer(
-    name: str, factory: OptimizerFactory, aliases: Iterable[str] = ()
+    name: str, factory: OptimizerFactory, aliases: Iterable[str] = (), **spec: Any
 ) -> OptimizerFactory:
-    """Register ``factory(params, base_optimizer, **kwargs)`` under ``name``."""
-    key = _normalize(name)
-    if key in _OPTIMIZERS or key in _ALIASES:
-        raise ValueError(f"optimizer name {name!r} is already registered")
-    _OPTIMIZERS[key] = factory
-    for alias in aliases:
-        _ALIASES[_normalize(alias)] = key
+    """Register ``factory(params, base_optimizer, **kwargs)`` under ``name``
+    (a :class:`MethodSpec` with the given fields)."""
+    register_method(
+        MethodSpec(normalize_name(name), factory, spec.pop("description", name),
+                   aliases=tuple(aliases), **spec)
+    )  # fmt: skip
     return factory
 
 
 def list_optimizers() -> list[str]:
     """The registered optimizer names (aliases not included)."""
-    return sorted(_OPTIMIZERS)
+    return sorted(_METHODS)
+
+
+def optimizer_aliases() -> dict[str, str]:
+    """alias -> registered name."""
+    return dict(_ALIASES)
+
+
+def canonical_name(name: str) -> str:
+    """The registered name of ``name`` or one of its aliases."""
+    key = normalize_name(name)
+    key = _ALIASES.get(key, key)
+    if key not in _METHODS:
+        raise InvalidHyperparameterError(f"unknown optimizer {name!r}; valid: {describe_names()}")
+    return key
+
+
+def describe_names() -> str:
+    """The registered names, each with its aliases: ``plain (sgd, base, none)``."""
+    out = []
+    for name in list_optimizers():
+        aliases = [a for a, n in _ALIASES.items() if n == name]
+        out.append(f"{name} ({', '.join(aliases)})" if aliases else name)
+    return ", ".join(out)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of a registered optimizer (name or alias)."""
+    return _METHODS[canonical_name(name)]
 
 
 def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:
     """``"sgd"``, ``"adamw"``, ... or an optimizer class -> the class."""
     if isinstance(base, str):
-        cls = BASE_OPTIMIZERS.get(_normalize(base))
+        cls = BASE_OPTIMIZERS.get(normalize_name(base))
         if cls is None:
             raise InvalidHyperparameterError(
                 f"unknown base optimizer {base!r}; valid: {', '.join(sorted(BASE_OPTIMIZERS))} "
@@ -70,7 +272,8 @@ def create_optimizer(
     base_optimizer: str | type[Optimizer] = "sgd",
     **kwargs: Any,
 ) -> Optimizer:
-    """Build a registered optimizer by name, wrapping ``base_optimizer``.
+    """Build a registered optimizer by name, wrapping ``base_optimizer``; keyword
+    arguments go to its class as they are.
 
     >>> import torch
     >>> model = torch.nn.Linear(4, 3)
@@ -79,19 +282,63 @@ def create_optimizer(
     >>> type(opt).__name__
     'FocalSAM'
     """
-    key = _normalize(name)
-    key = _ALIASES.get(key, key)
-    factory = _OPTIMIZERS.get(key)
-    if factory is None:
-        raise InvalidHyperparameterError(
-            f"unknown optimizer {name!r}; valid: {', '.join(list_optimizers())}"
-        )
-    return factory(params, resolve_base_optimizer(base_optimizer), **kwargs)
+    spec = get_method(name)
+    return spec.factory(params, resolve_base_optimizer(base_optimizer), **kwargs, **spec.fixed)
 
 
-register_optimizer("plain", PlainOptimizer, aliases=("base", "none", "sgd_plain"))
-register_optimizer("sam", SAM)
-register_optimizer("asam", functools.partial(SAM, adaptive=True))
-register_optimizer("imbsam", ImbSAM, aliases=("imb_sam",))
-register_optimizer("focal_sam", FocalSAM, aliases=("focalsam",))
-register_optimizer("ccsam", CCSAM, aliases=("cc_sam",))
+def _ccsam_stage2_epochs(options: CCSAMOptions) -> int:
+    return options.stage2_epochs
+
+
+def _ccsam_stage2(
+    first: CCSAM, classifier: nn.Module, options: CCSAMOptions, *, momentum: float = 0.9,
+    weight_decay: float = 0.0, max_grad_norm: float | None = None,
+) -> Any:  # fmt: skip
+    """CC-SAM's stage 2: SGD on the classifier at ``stage2_lr`` (constant)."""
+    optimizer = torch.optim.SGD(
+        classifier.parameters(), lr=options.stage2_lr, momentum=momentum,
+        weight_decay=weight_decay,
+    )  # fmt: skip
+    return first.second_stage(optimizer, rho=options.rho2, max_grad_norm=max_grad_norm)
+
+
+register_method(
+    MethodSpec("plain", PlainOptimizer, "the base optimizer alone", settings=("max_grad_norm", "model"),
+               aliases=("sgd", "base", "none"), passes=(1, 1))
+)  # fmt: skip
+register_method(MethodSpec("sam", SAM, "SAM (Foret et al. 2021)", passes=(2, 2)))
+register_method(
+    MethodSpec("asam", SAM, "ASAM: SAM with the scale-invariant ascent",
+               fixed={"adaptive": True}, passes=(2, 2))
+)  # fmt: skip
+register_method(
+    MethodSpec("imbsam", ImbSAM, "ImbSAM (Zhou et al. ICCV 2023)", options=ImbSAMOptions,
+               needs_class_counts=True, aliases=("imb_sam",), passes=(2, 3))
+)  # fmt: skip
+register_method(
+    MethodSpec("focal_sam", FocalSAM, "Focal-SAM (Li et al. ICML 2025)", options=FocalSAMOptions,
+               needs_class_counts=True, aliases=("focalsam",), passes=(2, 3))
+)  # fmt: skip
+register_method(
+    MethodSpec("ccsam", CCSAM, "CC-SAM (Zhou et al. CVPR 2023), two stages",
+               options=CCSAMOptions, settings=("bn_update", "max_grad_norm", "model"),
+               needs_class_counts=True, needs_classifier=True, aliases=("cc_sam",),
+               later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, _ccsam_stage2),))
+)  # fmt: skip
+
+__all__ = [
+    "BASE_OPTIMIZERS",
+    "CCSAMOptions",
+    "FocalSAMOptions",
+    "ImbSAMOptions",
+    "MethodSpec",
+    "StageSpec",
+    "canonical_name",
+    "create_optimizer",
+    "get_method",
+    "list_optimizers",
+    "optimizer_aliases",
+    "register_method",
+    "register_optimizer",
+    "resolve_base_optimizer",
+]
