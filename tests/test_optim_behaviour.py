@@ -275,7 +275,8 @@ def test_other_bad_options():
     with pytest.raises(InvalidHyperparameterError, match="model="):
         SAM(params, torch.optim.SGD, bn_update="clean", lr=0.1)
     with pytest.raises(
-        InvalidHyperparameterError, match=r"valid: asam, .*focal_sam.*, imbsam.*, plain \(sgd.*\), sam"
+        InvalidHyperparameterError,
+        match=r"valid: asam, .*focal_sam.*, imbsam.*, plain \(sgd.*\), sam",
     ):
         create_optimizer("focal-sma", params)
     with pytest.raises(InvalidHyperparameterError, match="base optimizer"):

@@ -9,7 +9,6 @@ any method through :meth:`MethodSpec.build` and never branches on its name.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -44,7 +43,9 @@ def _finite(name: str, value: Any, low: float = 0.0) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or value < low:
-        raise InvalidHyperparameterError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+        raise InvalidHyperparameterError(
+            f"{name} must be a finite number >= {low:g}, got {value!r}"
+        )
 
 
 @dataclass
