@@ -7,6 +7,10 @@
 - :mod:`~focalsam.data.samplers`: class-balanced sampling.
 - :mod:`~focalsam.data.digits`: ``digits_lt``, an offline demo set (scikit-learn digits).
 - :mod:`~focalsam.data.transforms`: torchvision augmentations (``vision`` extra).
+
+Bad data (a missing or damaged file, a bad list line, a failed download, a bad setting) raises
+:class:`focalsam.errors.DataError` or one of its kinds in :mod:`~focalsam.data.errors`, with
+one line naming the input and what was expected.
 """
 
 from focalsam.data.arrays import ArrayDataset
@@ -20,12 +24,14 @@ from focalsam.data.cifar import (
     load_cifar,
 )
 from focalsam.data.digits import DigitsLT, digits_lt
+from focalsam.data.errors import DataError, DataNotFoundError, DownloadError, ImageDecodeError
 from focalsam.data.lists import (
     ImageListDataset,
     image_folder_lt,
     imagenet_lt,
     inaturalist2018,
     parse_image_list,
+    verify_images,
 )
 from focalsam.data.loader import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from focalsam.data.profiles import (
@@ -43,8 +49,12 @@ __all__ = [
     "CIFAR_STD",
     "ArrayDataset",
     "ClassBalancedSampler",
+    "DataError",
+    "DataNotFoundError",
     "DeviceLoader",
     "DigitsLT",
+    "DownloadError",
+    "ImageDecodeError",
     "ImageListDataset",
     "cifar_class_names",
     "cifar_dataset",
@@ -64,4 +74,5 @@ __all__ = [
     "parse_image_list",
     "select_long_tailed",
     "validate_imbalance_ratio",
+    "verify_images",
 ]

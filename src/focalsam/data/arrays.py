@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from focalsam.data.profiles import LongTailSubsets, class_counts
+from focalsam.errors import DataError
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # Python 3.10 has no typing.Self
@@ -36,12 +37,12 @@ class ArrayDataset(LongTailSubsets, Dataset[tuple[Any, int]]):
         images = np.asarray(images)
         labels_arr = np.asarray(labels)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(
+            raise DataError(
                 f"images must be a uint8 array of shape (N, H, W, C), got dtype {images.dtype} "
                 f"and shape {images.shape}"
             )
         if labels_arr.shape != (images.shape[0],):
-            raise ValueError(
+            raise DataError(
                 f"labels must have shape ({images.shape[0]},) to match the images, "
                 f"got {labels_arr.shape}"
             )
@@ -52,7 +53,7 @@ class ArrayDataset(LongTailSubsets, Dataset[tuple[Any, int]]):
         self.labels = labels_arr.astype(np.int64, copy=False)
         self.num_classes = len(counts)
         if class_names is not None and len(class_names) != self.num_classes:
-            raise ValueError(f"got {len(class_names)} class names for {self.num_classes} classes")
+            raise DataError(f"got {len(class_names)} class names for {self.num_classes} classes")
         self.class_names = list(class_names) if class_names is not None else None
         self.transform = transform
 

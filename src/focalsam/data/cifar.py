@@ -7,17 +7,22 @@ Layout read (the official ``*-python.tar.gz`` archives, extracted):
 
 Each file is a pickled dict with ``data`` (uint8, ``(n, 3072)``, channel planes) and
 ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100). The pickles are read with a restricted
-unpickler that only builds numpy arrays and plain containers.
+unpickler that only builds numpy arrays and plain containers (any other global is refused, so
+a malicious file runs no code). Every problem is a one-line ``DataError`` naming the file and
+how to get a good copy: ``DataNotFoundError`` for missing data, ``DownloadError`` for a failed
+download.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from focalsam.data.arrays import ArrayDataset
+from focalsam.data.errors import DataError, DataNotFoundError, DownloadError
 from focalsam.data.profiles import Profile
 
 __all__ = [
@@ -93,7 +99,7 @@ CIFAR_SPECS: dict[str, CifarSpec] = {
 def _spec(name: str) -> CifarSpec:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in CIFAR_SPECS:
-        raise ValueError(f"unknown CIFAR name {name!r}; expected one of {sorted(CIFAR_SPECS)}")
+        raise DataError(f"unknown CIFAR name {name!r}; expected one of {sorted(CIFAR_SPECS)}")
     return CIFAR_SPECS[key]
 
 
@@ -116,18 +122,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR file")
 
 
+def _layout(spec: CifarSpec, root: Path) -> str:
+    files = (*spec.train_files, *spec.test_files, spec.meta_file)
+    shown = ", ".join(files) if len(files) <= 3 else f"{files[0]} ... {', '.join(files[-3:])}"
+    return f"{root / spec.folder}/{{{shown}}}"
+
+
 def _how_to_get(spec: CifarSpec, root: Path) -> str:
     name = next(k for k, v in CIFAR_SPECS.items() if v is spec)
     return (
         f"Get it with download=True (or focalsam.data.download_cifar({str(root)!r}, {name!r})), "
-        f"or download {spec.url} and extract it into {root}."
+        f"or by hand: download {spec.url} (md5 {spec.md5}) and extract it into {root}, "
+        f"which gives {_layout(spec, root)}."
     )
 
 
 def find_cifar_dir(root: PathLike, name: str = "cifar10") -> Path:
     """The extracted folder (e.g. ``ROOT/cifar-10-batches-py``); ``root`` may be that folder.
 
-    Raises ``FileNotFoundError`` naming the path looked at and how to get the data.
+    Raises :class:`~focalsam.data.errors.DataNotFoundError` (a ``FileNotFoundError``) naming
+    the path looked at and how to get the data.
     """
     spec = _spec(name)
     root = Path(root).expanduser()
@@ -135,51 +149,71 @@ def find_cifar_dir(root: PathLike, name: str = "cifar10") -> Path:
     for cand in candidates:
         if cand.is_dir():
             return cand
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{spec.title} not found: looked for {root / spec.folder}. {_how_to_get(spec, root)}"
     )
 
 
 def _read_pickle(path: Path, spec: CifarSpec) -> dict[str, Any]:
+    remedy = _how_to_get(spec, path.parent.parent)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{spec.title} file missing: {path}. The folder {path.parent} is incomplete; "
-            f"{_how_to_get(spec, path.parent.parent)}"
+        raise DataNotFoundError(
+            f"{spec.title} file missing: {path}. The folder {path.parent} is incomplete; {remedy}"
         )
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
-    except Exception as e:
-        raise ValueError(
-            f"malformed {spec.title} file {path}: could not unpickle it ({e}). "
-            f"{_how_to_get(spec, path.parent.parent)}"
+    except OSError as e:
+        raise DataError(f"cannot read {spec.title} file {path}: {e.strerror or e}") from e
+    except (EOFError, pickle.UnpicklingError) as e:
+        what = "could not unpickle it"
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            what = "the file is truncated (cut short), could not unpickle it"
+        raise DataError(
+            f"malformed {spec.title} file {path}: {what} ({e or type(e).__name__}). {remedy}"
+        ) from e
+    except Exception as e:  # any other failure of the pickle machinery on a damaged file
+        raise DataError(
+            f"malformed {spec.title} file {path}: could not unpickle it "
+            f"({type(e).__name__}: {e}). {remedy}"
         ) from e
     if not isinstance(obj, dict):
-        raise ValueError(f"malformed {spec.title} file {path}: expected a dict, got {type(obj)}")
+        raise DataError(
+            f"malformed {spec.title} file {path}: expected a dict, got {type(obj).__name__}"
+        )
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _as_array(value: Any, path: Path, spec: CifarSpec, key: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise DataError(
+            f"malformed {spec.title} file {path}: {key!r} is not an array ({e})"
+        ) from None
 
 
 def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     d = _read_pickle(path, spec)
     for key in ("data", spec.label_key):
         if key not in d:
-            raise ValueError(
+            raise DataError(
                 f"malformed {spec.title} file {path}: no {key!r} entry (found {sorted(d)})"
             )
-    data = np.asarray(d["data"])
-    labels = np.asarray(d[spec.label_key])
+    data = _as_array(d["data"], path, spec, "data")
+    labels = _as_array(d[spec.label_key], path, spec, spec.label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(
+        raise DataError(
             f"malformed {spec.title} file {path}: 'data' should be uint8 of shape (n, 3072), "
             f"got {data.dtype} {data.shape}"
         )
     if labels.shape != (data.shape[0],) or (labels.size and labels.dtype.kind not in "iu"):
-        raise ValueError(
+        raise DataError(
             f"malformed {spec.title} file {path}: {spec.label_key!r} should hold "
             f"{data.shape[0]} integer labels, got {labels.dtype} {labels.shape}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        raise ValueError(
+        raise DataError(
             f"malformed {spec.title} file {path}: labels should lie in [0, {spec.num_classes}), "
             f"got range [{labels.min()}, {labels.max()}]"
         )
@@ -214,11 +248,15 @@ def cifar_class_names(root: PathLike, name: str = "cifar10") -> list[str]:
     spec = _spec(name)
     path = find_cifar_dir(root, name) / spec.meta_file
     d = _read_pickle(path, spec)
-    if spec.names_key not in d:
-        raise ValueError(f"malformed {spec.title} file {path}: no {spec.names_key!r} entry")
-    names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in d[spec.names_key]]
+    raw = d.get(spec.names_key)
+    if not isinstance(raw, list | tuple):
+        raise DataError(
+            f"malformed {spec.title} file {path}: expected a list {spec.names_key!r} entry, "
+            f"got {type(raw).__name__ if spec.names_key in d else 'none'}"
+        )
+    names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in raw]
     if len(names) != spec.num_classes:
-        raise ValueError(
+        raise DataError(
             f"malformed {spec.title} file {path}: {len(names)} class names, "
             f"expected {spec.num_classes}"
         )
@@ -264,16 +302,25 @@ def _md5(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:*") as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, filter="data")
-            return
-        base = dest.resolve()
-        for member in tar.getmembers():
-            target = (dest / member.name).resolve()
-            if not (target == base or base in target.parents) or member.issym() or member.islnk():
-                raise ValueError(f"refusing to extract {member.name!r} from {archive}")
-        tar.extractall(dest)  # noqa: S202  (members checked above)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+                return
+            base = dest.resolve()
+            for member in tar.getmembers():
+                target = (dest / member.name).resolve()
+                inside = target == base or base in target.parents
+                if not inside or member.issym() or member.islnk():
+                    raise DataError(f"refusing to extract {member.name!r} from {archive}")
+            tar.extractall(dest)  # noqa: S202  (members checked above)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"cannot extract {archive}: {e or type(e).__name__}. Expected a .tar.gz archive; "
+            "delete it and download it again"
+        ) from e
+    except OSError as e:
+        raise DataError(f"cannot extract {archive} into {dest}: {e}") from e
 
 
 def download_cifar(
@@ -286,32 +333,49 @@ def download_cifar(
     """Download the archive into ``root``, check its md5, extract it; return the data folder.
 
     ``url`` and ``md5`` default to the official ones (``CIFAR_SPECS[name]``). An archive already
-    in ``root`` with the right md5 is not downloaded again. A wrong checksum raises
-    ``ValueError`` and removes the downloaded file.
+    in ``root`` with the right md5 is not downloaded again. A failed download (no network,
+    HTTP error, timeout) raises :class:`~focalsam.data.errors.DownloadError` (an ``OSError``)
+    saying how to get the data by hand; a wrong checksum raises ``DataError`` and removes the
+    downloaded file.
     """
     spec = _spec(name)
     url = url or spec.url
     md5 = (md5 or spec.md5).lower()
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    by_hand = (
+        f"Download {url} by hand (md5 {md5}) on a machine with network access and extract it "
+        f"into {root}, which gives {_layout(spec, root)}."
+    )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {root}: {e.strerror or e}") from e
     archive = root / url.rsplit("/", 1)[-1]
     if not (archive.is_file() and _md5(archive) == md5):
         part = archive.with_name(archive.name + ".part")
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
                 shutil.copyfileobj(resp, out, 1 << 20)
-        except OSError as e:
+        except (OSError, http.client.HTTPException, ValueError) as e:
             part.unlink(missing_ok=True)
-            raise OSError(
-                f"could not download {spec.title} from {url}: {e}. Download it by hand and "
-                f"extract it into {root}."
+            raise DownloadError(
+                f"could not download {spec.title} from {url}: {_reason(e)}. {by_hand}"
             ) from e
         got = _md5(part)
         if got != md5:
             part.unlink(missing_ok=True)
-            raise ValueError(
-                f"checksum mismatch for {url}: md5 {got}, expected {md5}; the file was removed"
+            raise DataError(
+                f"checksum mismatch for {url}: md5 {got}, expected {md5}; the file was removed "
+                f"(an interrupted or altered download). {by_hand}"
             )
         part.replace(archive)
     _safe_extract(archive, root)
     return find_cifar_dir(root, name)
+
+
+def _reason(e: BaseException) -> str:
+    """The useful part of a urllib error: ``URLError.reason`` is the socket error."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}: {reason}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from focalsam.data.profiles import Profile, long_tailed_indices
+from focalsam.errors import DataError
 
 __all__ = ["DigitsLT", "digits_lt"]
 
@@ -64,7 +65,7 @@ def digits_lt(
     labels = np.asarray(bunch.target, dtype=np.int64)
     per_class = np.bincount(labels, minlength=10)
     if not 0 < test_per_class < per_class.min():
-        raise ValueError(
+        raise DataError(
             f"test_per_class must be in [1, {per_class.min() - 1}] so every class keeps "
             f"training images, got {test_per_class}"
         )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from focalsam.data.samplers import class_balanced_indices, epoch_generator
+from focalsam.errors import DataError
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "DeviceLoader", "Sampling"]
 
@@ -94,47 +95,47 @@ class DeviceLoader:
     ) -> None:
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(
+            raise DataError(
                 f"images must be uint8 of shape (N, H, W, C) or (N, C, H, W), got {x.dtype} "
                 f"{tuple(x.shape)}"
             )
         if layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
         elif layout != "NCHW":
-            raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+            raise DataError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"labels must have shape ({x.shape[0]},) to match the images, got {tuple(y.shape)}"
             )
         if y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(f"labels must be integers, got {y.dtype}")
+            raise DataError(f"labels must be integers, got {y.dtype}")
         if y.numel() and int(y.min()) < 0:
-            raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+            raise DataError(f"labels must be >= 0, got {int(y.min())}")
         if x.shape[0] == 0:
-            raise ValueError("images is empty")
+            raise DataError("images is empty")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if sampling not in ("shuffle", "sequential", "class_balanced"):
-            raise ValueError(
+            raise DataError(
                 f"sampling must be 'shuffle', 'sequential' or 'class_balanced', got {sampling!r}"
             )
         if padding < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
+            raise DataError(f"padding must be >= 0, got {padding}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
+            raise DataError(
                 f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
             )
         channels = x.shape[1]
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(
+            raise DataError(
                 f"mean and std need one value per channel ({channels}), got {len(mean)} and "
                 f"{len(std)}"
             )
         if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
+            raise DataError(f"std must be positive, got {tuple(std)}")
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+            raise DataError(f"dtype must be a floating dtype, got {dtype}")
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.batch_size = int(batch_size)
@@ -157,9 +158,9 @@ class DeviceLoader:
         self._dataset_size = int(x.shape[0])
         self._epoch_size = self._dataset_size if num_samples is None else int(num_samples)
         if self._epoch_size < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+            raise DataError(f"num_samples must be >= 1, got {num_samples}")
         if num_samples is not None and sampling != "class_balanced":
-            raise ValueError("num_samples is only used with sampling='class_balanced'")
+            raise DataError("num_samples is only used with sampling='class_balanced'")
         scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
         shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32)
         self._scale = scale.view(1, -1, 1, 1).to(self.device)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from focalsam.errors import DataError
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # Python 3.10 has no typing.Self
 
@@ -36,12 +38,12 @@ def validate_imbalance_ratio(imbalance_ratio: float) -> float:
     """Check that ``imbalance_ratio = n_max / n_min`` is a finite number >= 1 and return it."""
     try:
         ratio = float(imbalance_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(
+    except (TypeError, ValueError):  # float() of a non-number
+        raise DataError(
             f"imbalance_ratio must be a number >= 1 (n_max / n_min), got {imbalance_ratio!r}"
         ) from None
     if not np.isfinite(ratio) or ratio < 1:
-        raise ValueError(
+        raise DataError(
             f"imbalance_ratio must be a finite number >= 1 (n_max / n_min), got {imbalance_ratio!r}"
         )
     return ratio
@@ -62,11 +64,11 @@ def long_tailed_counts(
     """
     ratio = validate_imbalance_ratio(imbalance_ratio)
     if isinstance(n_max, bool) or not isinstance(n_max, int | np.integer) or n_max < 1:
-        raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
+        raise DataError(f"n_max must be a positive integer, got {n_max!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
     factor = 1.0 / ratio
     if profile == "exp":
         if num_classes == 1:
@@ -77,22 +79,22 @@ def long_tailed_counts(
         # The reference code emits C // 2 tail classes, which drops one class when C is odd;
         # here every class past the first half is a tail class.
         return [int(n_max)] * head + [int(n_max * factor)] * (num_classes - head)
-    raise ValueError(f"profile must be 'exp' or 'step', got {profile!r}")
+    raise DataError(f"profile must be 'exp' or 'step', got {profile!r}")
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """Number of samples per class, ``counts[i] = #{n : labels[n] == i}`` (int64, length C)."""
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {arr.shape}")
+        raise DataError(f"labels must be one-dimensional, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
+        raise DataError(f"labels must be integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64, copy=False)
     if num_classes is None:
         num_classes = int(arr.max()) + 1 if arr.size else 0
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
         bad = arr[(arr < 0) | (arr >= num_classes)][0]
-        raise ValueError(f"label {int(bad)} is out of range: expected 0 <= label < {num_classes}")
+        raise DataError(f"label {int(bad)} is out of range: expected 0 <= label < {num_classes}")
     return np.bincount(arr, minlength=num_classes).astype(np.int64)
 
 
@@ -107,14 +109,14 @@ def select_long_tailed(
     """
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {arr.shape}")
+        raise DataError(f"labels must be one-dimensional, got shape {arr.shape}")
     num_classes = len(counts)
     have = class_counts(arr, num_classes)
     for i, (want, got) in enumerate(zip(counts, have, strict=True)):
         if want < 0:
-            raise ValueError(f"counts[{i}] = {want} is negative")
+            raise DataError(f"counts[{i}] = {want} is negative")
         if want > got:
-            raise ValueError(
+            raise DataError(
                 f"class {i} has {int(got)} samples but the profile asks for {want}; "
                 "lower n_max or the imbalance ratio"
             )
@@ -141,11 +143,20 @@ def long_tailed_indices(
     :func:`long_tailed_counts`, images from :func:`select_long_tailed`.
 
     ``n_max`` defaults to the smallest class size, so every class can supply its share
-    (``N / C`` for a balanced set such as CIFAR).
+    (``N / C`` for a balanced set such as CIFAR). A profile that leaves a class with no
+    images raises ``DataError``.
     """
     if n_max is None:
         n_max = int(class_counts(labels, num_classes).min())
     counts = long_tailed_counts(n_max, num_classes, imbalance_ratio, profile)
+    empty = [i for i, n in enumerate(counts) if n == 0]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise DataError(
+            f"imbalance_ratio {imbalance_ratio} with n_max {n_max} leaves {len(empty)} "
+            f"class(es) with no training images (classes {shown}); expected "
+            f"imbalance_ratio <= n_max, so the rarest class keeps at least one image"
+        )
     return select_long_tailed(labels, counts, seed)
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from focalsam.errors import DataError
+
 __all__ = ["ClassBalancedSampler", "class_balanced_indices", "epoch_generator"]
 
 
@@ -38,11 +40,11 @@ def class_balanced_indices(
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
     y = y.to("cpu", torch.int64)
     if y.ndim != 1 or y.numel() == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {tuple(y.shape)}")
+        raise DataError(f"labels must be a non-empty 1-D sequence, got shape {tuple(y.shape)}")
     if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        raise DataError(f"num_samples must be >= 0, got {num_samples}")
     if y.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+        raise DataError(f"labels must be >= 0, got {int(y.min())}")
     order = torch.argsort(y, stable=True)  # dataset indices grouped by class
     classes, n = torch.unique_consecutive(y[order], return_counts=True)
     num_classes = classes.numel()
