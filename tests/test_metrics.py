@@ -67,8 +67,11 @@ def test_custom_thresholds_and_errors():
         ShotThresholds(10, 20)
     with pytest.raises(ValueError, match="unknown shot preset 'cifar'; valid presets: cifar10"):
         shot_groups([1], "cifar")
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="non-negative, got -1 for class 0"):
         shot_groups([-1, 3])
+    with pytest.raises(ValueError, match=r"whole numbers .*got 2.5 for class 1"):
+        shot_groups([10, 2.5])
+    assert shot_groups([0, 3]).few.tolist() == [True, True]  # an empty class is allowed here
     with pytest.raises(ValueError, match="either a preset or thresholds"):
         shot_groups([1], "cifar10-lt-r100", thresholds=(1, 1))
     assert set(list_shot_presets()) == set(SHOT_PRESETS)
@@ -169,7 +172,7 @@ def test_accumulator_bad_input():
         m.update(torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="logits"):
         m.update(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="class_counts has 2 entries but num_classes is 3"):
+    with pytest.raises(ValueError, match="class_counts has 2 entries but there are 3 classes"):
         LongTailAccuracy(3, class_counts=[10, 5])
     with pytest.raises(ValueError, match="num_classes"):
         LongTailAccuracy(0)

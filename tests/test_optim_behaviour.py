@@ -193,7 +193,9 @@ def test_negative_rho():
         ([40, 0, 6, 2], "positive"),
         ([40, -3, 6, 2], "positive"),
         ([], "non-empty"),
-        ([1.5, 2, 3, 4], "whole"),
+        ([[40, 20, 6, 2]], r"1-D .*got shape \(1, 4\)"),
+        ([1.5, 2, 3, 4], "whole numbers .*got 1.5 for class 0"),
+        ([40, float("nan"), 6, 2], "finite, got nan for class 1"),
     ],
 )
 def test_bad_class_counts(counts, match):
@@ -201,6 +203,28 @@ def test_bad_class_counts(counts, match):
         FocalSAM(
             tiny_model().parameters(), torch.optim.SGD, class_counts=counts, num_classes=4, lr=0.1
         )
+
+
+def test_error_kinds():
+    """Every bad-input error is an InputError; ClassCountsError is also the shared one."""
+    import focalsam.class_counts
+    from focalsam.errors import InputError
+    from focalsam.optim import OptimizerInputError
+
+    assert issubclass(OptimizerInputError, InputError) and issubclass(InputError, ValueError)
+    assert issubclass(ClassCountsError, OptimizerInputError)
+    assert issubclass(ClassCountsError, focalsam.class_counts.ClassCountsError)
+    for error in (InvalidHyperparameterError, LabelError, LossShapeError):
+        assert issubclass(error, OptimizerInputError)
+
+
+def test_int32_labels_are_int64_labels():
+    x, y = tiny_batches(1)[0]
+    m1, m2 = tiny_model(), tiny_model()
+    for model, labels in ((m1, y), (m2, y.int())):
+        opt = FocalSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, lr=0.1)
+        opt.step(per_sample_ce(model, x, y), labels)
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
 
 
 def test_labels_outside_the_classes():

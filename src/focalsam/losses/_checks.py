@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from torch import Tensor
 
-CountsLike = Sequence[int] | Sequence[float] | np.ndarray | Tensor
+from focalsam.class_counts import CountsLike
+
+__all__ = [
+    "REDUCTIONS",
+    "CountsLike",
+    "check_logits_targets",
+    "check_reduction",
+    "check_weight",
+]
+
 REDUCTIONS = ("none", "mean", "sum", "weighted_mean")
-
-
-def as_class_counts(class_counts: CountsLike, num_classes: int | None = None) -> Tensor:
-    """``class_counts`` as a float64 CPU tensor, checked: 1-D, finite, all > 0, length C."""
-    if class_counts is None:
-        raise ValueError("class_counts is required (training images per class)")
-    counts = torch.as_tensor(
-        class_counts if isinstance(class_counts, Tensor) else np.asarray(class_counts)
-    )
-    counts = counts.detach().to("cpu", torch.float64)
-    if counts.ndim != 1 or counts.numel() == 0:
-        raise ValueError(
-            f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
-        )
-    if not torch.isfinite(counts).all() or (counts <= 0).any():
-        bad = [i for i, v in enumerate(counts.tolist()) if not (np.isfinite(v) and v > 0)]
-        raise ValueError(
-            f"class_counts must all be positive, got {counts[bad[0]].item():g} for class "
-            f"{bad[0]} (classes with no samples: drop them or give a count >= 1)"
-        )
-    if num_classes is not None and counts.numel() != num_classes:
-        raise ValueError(
-            f"class_counts has {counts.numel()} entries but there are {num_classes} classes"
-        )
-    return counts
 
 
 def check_logits_targets(
@@ -47,8 +28,12 @@ def check_logits_targets(
     if not isinstance(targets, Tensor) or targets.ndim != 1:
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
         raise ValueError(f"targets must be a 1-D tensor of class indices (B,), got {shape}")
-    if targets.is_floating_point() or targets.dtype in (torch.bool, torch.complex64):
-        raise ValueError(f"targets must hold integer class indices, got dtype {targets.dtype}")
+    if targets.dtype != torch.int64:
+        mask = " (uint8 and bool tensors index as masks)" if targets.dtype in _MASKS else ""
+        raise ValueError(
+            "targets must be a 1-D tensor of integer class indices (int64), got dtype "
+            f"{targets.dtype}{mask}"
+        )
     if targets.shape[0] != logits.shape[0]:
         raise ValueError(
             f"logits have batch size {logits.shape[0]} but targets have {targets.shape[0]}"
@@ -62,6 +47,9 @@ def check_logits_targets(
     if check_range and targets.numel() and bool(((targets < 0) | (targets >= c)).any()):
         bad = targets[(targets < 0) | (targets >= c)][0].item()
         raise ValueError(f"target {bad} is out of range: expected 0 <= target < {c}")
+
+
+_MASKS = (torch.uint8, torch.bool)
 
 
 def check_reduction(reduction: str) -> str:

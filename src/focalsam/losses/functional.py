@@ -1,6 +1,7 @@
-"""Long-tail losses as pure functions of ``(logits, targets)``.
+"""Long-tail losses as pure functions of ``(logits, targets)``; each formula lives here once.
 
-All return per-sample values with ``reduction="none"`` (shape ``(B,)``, already multiplied by
+The checked functions (``cross_entropy``, ``logit_adjusted_loss``, ...) validate their inputs
+and return per-sample values with ``reduction="none"`` (shape ``(B,)``, already multiplied by
 the per-class ``weight`` of the target when one is given), and otherwise reduce them:
 
 - ``"mean"``: ``sum_n l_n / B`` (what the sharpness-aware recipes average over);
@@ -8,26 +9,35 @@ the per-class ``weight`` of the target when one is given), and otherwise reduce 
 - ``"weighted_mean"``: ``sum_n w_{y_n} l_n / sum_n w_{y_n}`` (``F.cross_entropy(weight=...)``'s
   mean; the same as ``"mean"`` without weights).
 
-``class_counts`` are training images per class (``n_j``, all > 0), ``pi_j = n_j / sum n``.
-Half-precision logits are computed in float32.
+The ``*_per_sample`` kernels are the unchecked formulas on precomputed class terms; the
+modules of :mod:`focalsam.losses.modules` call them with their buffers.
+
+``class_counts`` are training images per class (``n_j``, whole numbers > 0),
+``pi_j = n_j / sum n``. Half-precision logits are computed in float32.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from focalsam.class_counts import validate_class_counts
 from focalsam.losses._checks import (
     CountsLike,
-    as_class_counts,
     check_logits_targets,
     check_reduction,
     check_weight,
 )
 
 __all__ = [
+    "apply_loss",
     "balanced_softmax_loss",
+    "balanced_softmax_offsets",
+    "ce_per_sample",
     "cross_entropy",
     "focal_loss",
     "focal_per_sample",
@@ -36,11 +46,15 @@ __all__ = [
     "ldam_per_sample",
     "logit_adjusted_loss",
     "logit_adjustments",
+    "offset_ce_per_sample",
     "reduce_loss",
     "upcast",
     "vs_loss",
     "vs_parameters",
+    "vs_per_sample",
 ]
+
+PerSample = Callable[..., Tensor]
 
 
 def upcast(logits: Tensor) -> Tensor:
@@ -64,23 +78,92 @@ def reduce_loss(
     return loss.sum() / w.sum()
 
 
-def _ce(z: Tensor, targets: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
-    return reduce_loss(F.cross_entropy(z, targets, reduction="none"), targets, weight, reduction)
+def apply_loss(
+    per_sample: PerSample,
+    logits: Tensor,
+    targets: Tensor,
+    *args: Any,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    num_classes: int | None = None,
+    check_range: bool = True,
+) -> Tensor:
+    """Check ``logits``/``targets`` (and ``num_classes``, ``weight``), then
+    ``reduce_loss(per_sample(upcast(logits), targets, *args), ...)``."""
+    check_logits_targets(logits, targets, num_classes, check_range=check_range)
+    check_weight(weight, logits.shape[1])
+    return reduce_loss(per_sample(upcast(logits), targets, *args), targets, weight, reduction)
 
 
+# ------------------------------------------------------------------ kernels
+def ce_per_sample(logits: Tensor, targets: Tensor) -> Tensor:
+    """``l_n = -log softmax(z_n)_{y_n}``."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def offset_ce_per_sample(logits: Tensor, targets: Tensor, offsets: Tensor) -> Tensor:
+    """``CE(z + o, y)``: logit adjustment (``o = tau log pi``), balanced softmax (``o = log n``)."""
+    return F.cross_entropy(logits + offsets.to(logits), targets, reduction="none")
+
+
+def vs_per_sample(logits: Tensor, targets: Tensor, delta: Tensor, iota: Tensor) -> Tensor:
+    """``CE(Delta * z + iota, y)``."""
+    z = logits * delta.to(logits) + iota.to(logits)
+    return F.cross_entropy(z, targets, reduction="none")
+
+
+def ldam_per_sample(logits: Tensor, targets: Tensor, margins: Tensor, scale: float) -> Tensor:
+    """``CE(s * (z - m_y e_y), y)`` for given margins ``m``."""
+    margin = margins.to(logits)[targets]
+    z = logits.scatter_add(1, targets[:, None], -margin[:, None])
+    return F.cross_entropy(scale * z, targets, reduction="none")
+
+
+def focal_per_sample(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """``-(1 - p_t)^gamma log p_t`` with ``p_t = softmax(z)_y``."""
+    log_pt = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    if gamma == 0:
+        return -log_pt
+    # 1 - p_t = -expm1(log p_t), kept away from 0 so that gamma < 1 has a finite gradient
+    one_minus = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
+    return -one_minus.pow(gamma) * log_pt
+
+
+# ------------------------------------------------------------ class terms
+def logit_adjustments(class_counts: CountsLike, tau: float = 1.0) -> Tensor:
+    """``tau * log(pi_j)`` (float64, CPU): the additive offsets of logit adjustment."""
+    n = validate_class_counts(class_counts)
+    return tau * torch.log(n / n.sum())
+
+
+def balanced_softmax_offsets(class_counts: CountsLike) -> Tensor:
+    """``log(n_j)`` (float64, CPU): the additive offsets of balanced softmax."""
+    return torch.log(validate_class_counts(class_counts))
+
+
+def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5) -> Tensor:
+    """``m_j = max_margin * n_j^{-1/4} / max_k n_k^{-1/4}`` (float64, CPU): rarest gets max."""
+    if max_margin < 0:
+        raise ValueError(f"max_margin must be >= 0, got {max_margin}")
+    n = validate_class_counts(class_counts)
+    m = n.pow(-0.25)
+    return m * (max_margin / m.max())
+
+
+def vs_parameters(
+    class_counts: CountsLike, gamma: float = 0.3, tau: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """VS loss's ``(Delta_j, iota_j) = ((n_j / n_max)^gamma, tau * log(pi_j))`` (float64)."""
+    n = validate_class_counts(class_counts)
+    return (n / n.max()).pow(gamma), tau * torch.log(n / n.sum())
+
+
+# ------------------------------------------------------------ checked losses
 def cross_entropy(
     logits: Tensor, targets: Tensor, weight: Tensor | None = None, reduction: str = "mean"
 ) -> Tensor:
     """``l_n = -log softmax(z_n)_{y_n}``, times ``weight[y_n]`` if given."""
-    check_logits_targets(logits, targets)
-    check_weight(weight, logits.shape[1])
-    return _ce(upcast(logits), targets, weight, reduction)
-
-
-def logit_adjustments(class_counts: CountsLike, tau: float = 1.0) -> Tensor:
-    """``tau * log(pi_j)`` (float64, CPU): the additive offsets of logit adjustment."""
-    n = as_class_counts(class_counts)
-    return tau * torch.log(n / n.sum())
+    return apply_loss(ce_per_sample, logits, targets, weight=weight, reduction=reduction)
 
 
 def logit_adjusted_loss(
@@ -93,10 +176,10 @@ def logit_adjusted_loss(
 ) -> Tensor:
     """Logit-adjusted CE (Menon et al. 2021): ``CE(z + tau * log(pi), y)``."""
     offsets = logit_adjustments(class_counts, tau)
-    check_logits_targets(logits, targets, len(offsets))
-    check_weight(weight, logits.shape[1])
-    z = upcast(logits)
-    return _ce(z + offsets.to(z), targets, weight, reduction)
+    return apply_loss(
+        offset_ce_per_sample, logits, targets, offsets,
+        weight=weight, reduction=reduction, num_classes=len(offsets),
+    )  # fmt: skip
 
 
 def balanced_softmax_loss(
@@ -107,20 +190,11 @@ def balanced_softmax_loss(
     reduction: str = "mean",
 ) -> Tensor:
     """Balanced softmax (Ren et al. 2020): ``CE(z + log(n), y)``."""
-    n = as_class_counts(class_counts)
-    check_logits_targets(logits, targets, len(n))
-    check_weight(weight, logits.shape[1])
-    z = upcast(logits)
-    return _ce(z + torch.log(n).to(z), targets, weight, reduction)
-
-
-def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5) -> Tensor:
-    """``m_j = max_margin * n_j^{-1/4} / max_k n_k^{-1/4}`` (float64, CPU): rarest gets max."""
-    if max_margin < 0:
-        raise ValueError(f"max_margin must be >= 0, got {max_margin}")
-    n = as_class_counts(class_counts)
-    m = n.pow(-0.25)
-    return m * (max_margin / m.max())
+    offsets = balanced_softmax_offsets(class_counts)
+    return apply_loss(
+        offset_ce_per_sample, logits, targets, offsets,
+        weight=weight, reduction=reduction, num_classes=len(offsets),
+    )  # fmt: skip
 
 
 def ldam_loss(
@@ -139,26 +213,10 @@ def ldam_loss(
     scale ``s`` (default 30) applied to all logits after the margin.
     """
     m = ldam_margins(class_counts, max_margin)
-    check_logits_targets(logits, targets, len(m))
-    check_weight(weight, logits.shape[1])
-    return reduce_loss(
-        ldam_per_sample(upcast(logits), targets, m, scale), targets, weight, reduction
-    )
-
-
-def ldam_per_sample(logits: Tensor, targets: Tensor, margins: Tensor, scale: float) -> Tensor:
-    """Unchecked per-sample LDAM: ``CE(s * (z - m_y e_y), y)`` for given margins ``m``."""
-    margin = margins.to(logits)[targets]
-    z = logits.scatter_add(1, targets[:, None], -margin[:, None])
-    return F.cross_entropy(scale * z, targets, reduction="none")
-
-
-def vs_parameters(
-    class_counts: CountsLike, gamma: float = 0.3, tau: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """VS loss's ``(Delta_j, iota_j) = ((n_j / n_max)^gamma, tau * log(pi_j))`` (float64)."""
-    n = as_class_counts(class_counts)
-    return (n / n.max()).pow(gamma), tau * torch.log(n / n.sum())
+    return apply_loss(
+        ldam_per_sample, logits, targets, m, scale,
+        weight=weight, reduction=reduction, num_classes=len(m),
+    )  # fmt: skip
 
 
 def vs_loss(
@@ -176,10 +234,10 @@ def vs_loss(
     ``iota_j = tau * log(pi_j)`` (additive). ``gamma = 0`` is logit adjustment.
     """
     delta, iota = vs_parameters(class_counts, gamma, tau)
-    check_logits_targets(logits, targets, len(delta))
-    check_weight(weight, logits.shape[1])
-    z = upcast(logits)
-    return _ce(z * delta.to(z) + iota.to(z), targets, weight, reduction)
+    return apply_loss(
+        vs_per_sample, logits, targets, delta, iota,
+        weight=weight, reduction=reduction, num_classes=len(delta),
+    )  # fmt: skip
 
 
 def focal_loss(
@@ -195,16 +253,4 @@ def focal_loss(
     """
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    check_logits_targets(logits, targets)
-    check_weight(weight, logits.shape[1])
-    return reduce_loss(focal_per_sample(upcast(logits), targets, gamma), targets, weight, reduction)
-
-
-def focal_per_sample(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
-    """Unchecked per-sample focal loss ``-(1 - p_t)^gamma log p_t``."""
-    log_pt = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-    if gamma == 0:
-        return -log_pt
-    # 1 - p_t = -expm1(log p_t), kept away from 0 so that gamma < 1 has a finite gradient
-    one_minus = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
-    return -one_minus.pow(gamma) * log_pt
+    return apply_loss(focal_per_sample, logits, targets, gamma, weight=weight, reduction=reduction)

@@ -14,23 +14,21 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from focalsam.losses._checks import (
-    CountsLike,
-    as_class_counts,
-    check_logits_targets,
-    check_reduction,
-)
+from focalsam.class_counts import validate_class_counts
+from focalsam.losses._checks import CountsLike, check_reduction
 from focalsam.losses.functional import (
+    apply_loss,
+    balanced_softmax_offsets,
+    ce_per_sample,
     focal_per_sample,
     ldam_margins,
     ldam_per_sample,
     logit_adjustments,
-    reduce_loss,
-    upcast,
+    offset_ce_per_sample,
     vs_parameters,
+    vs_per_sample,
 )
 from focalsam.losses.weights import DeferredReweighting
 
@@ -68,7 +66,7 @@ class LongTailLoss(nn.Module):
         name = type(self).__name__
         if class_counts is None and self.needs_class_counts:
             raise ValueError(f"{name} needs class_counts (training images per class)")
-        counts = as_class_counts(class_counts) if class_counts is not None else None
+        counts = validate_class_counts(class_counts) if class_counts is not None else None
         self.num_classes: int | None = int(counts.numel()) if counts is not None else None
         self.register_buffer(
             "class_counts", counts.to(torch.float32) if counts is not None else None
@@ -110,12 +108,14 @@ class LongTailLoss(nn.Module):
             self.weight = self.drw.weights(epoch).to(device)
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The unweighted per-sample loss (a kernel of :mod:`~focalsam.losses.functional`)."""
         raise NotImplementedError
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        check_logits_targets(logits, targets, self.num_classes, check_range=self.validate)
-        per = self.per_sample(upcast(logits), targets)
-        return reduce_loss(per, targets, self.weight, self.reduction)
+        return apply_loss(
+            self.per_sample, logits, targets, weight=self.weight, reduction=self.reduction,
+            num_classes=self.num_classes, check_range=self.validate,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         parts = [f"num_classes={self.num_classes}", f"reduction={self.reduction!r}"]
@@ -128,7 +128,7 @@ class CrossEntropyLoss(LongTailLoss):
     """``-log softmax(z)_y``; ``class_counts`` is optional (only to check the class count)."""
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits, targets, reduction="none")
+        return ce_per_sample(logits, targets)
 
 
 class LogitAdjustedLoss(LongTailLoss):
@@ -143,7 +143,7 @@ class LogitAdjustedLoss(LongTailLoss):
         self.register_buffer("offsets", logit_adjustments(class_counts, tau).float())
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits + self.offsets.to(logits), targets, reduction="none")
+        return offset_ce_per_sample(logits, targets, self.offsets)
 
 
 class BalancedSoftmaxLoss(LongTailLoss):
@@ -154,10 +154,10 @@ class BalancedSoftmaxLoss(LongTailLoss):
 
     def __init__(self, class_counts: CountsLike, **kw: object) -> None:
         super().__init__(class_counts, **kw)  # type: ignore[arg-type]
-        self.register_buffer("log_counts", torch.log(as_class_counts(class_counts)).float())
+        self.register_buffer("log_counts", balanced_softmax_offsets(class_counts).float())
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits + self.log_counts.to(logits), targets, reduction="none")
+        return offset_ce_per_sample(logits, targets, self.log_counts)
 
 
 class LDAMLoss(LongTailLoss):
@@ -204,8 +204,7 @@ class VSLoss(LongTailLoss):
         self.register_buffer("iota", iota.float())
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        z = logits * self.delta.to(logits) + self.iota.to(logits)
-        return F.cross_entropy(z, targets, reduction="none")
+        return vs_per_sample(logits, targets, self.delta, self.iota)
 
 
 class FocalLoss(LongTailLoss):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
+from focalsam.errors import InputError
 from focalsam.losses._checks import CountsLike
 from focalsam.losses.modules import (
     BalancedSoftmaxLoss,
@@ -15,8 +18,9 @@ from focalsam.losses.modules import (
     VSLoss,
 )
 from focalsam.losses.weights import DeferredReweighting, class_balanced_weights
+from focalsam.names import normalize_name
 
-__all__ = ["create_loss", "list_losses"]
+__all__ = ["LossOptions", "create_loss", "list_losses"]
 
 # name -> (class, defaults); "ldam_drw" is LDAM with DRW from epoch 160
 _REGISTRY: dict[str, tuple[type[LongTailLoss], dict[str, Any]]] = {
@@ -52,9 +56,9 @@ def create_loss(
     ``class_balanced_beta``: fixed class-balanced weights instead. Other keywords go to the
     loss class (``tau``, ``max_margin``, ``scale``, ``gamma``, ``reduction``, ``validate``).
     """
-    key = name.lower().replace("-", "_")
+    key = normalize_name(name)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(list_losses())}")
+        raise InputError(f"unknown loss {name!r}; valid: {', '.join(list_losses())}")
     cls, defaults = _REGISTRY[key]
     if drw_start_epoch is None:
         drw_start_epoch = defaults.get("drw_start_epoch")
@@ -74,3 +78,60 @@ def create_loss(
         return cls(class_counts, **kwargs)  # type: ignore[arg-type]
     except TypeError as e:
         raise TypeError(f"loss {name!r} ({cls.__name__}): {e}") from e
+
+
+@dataclass
+class LossOptions:
+    """A loss by name and its typed settings (each used by the losses named beside it).
+
+    ``options.build(class_counts)`` is ``create_loss(name, class_counts, ...)`` with the
+    settings that loss takes, per sample (``reduction="none"``).
+    """
+
+    name: str = "ce"
+    tau: float = 1.0  # logit_adjustment, vs
+    max_margin: float = 0.5  # ldam, ldam_drw
+    scale: float = 30.0  # ldam, ldam_drw
+    vs_gamma: float = 0.3  # vs
+    focal_gamma: float = 1.0  # focal
+    drw_start_epoch: int | None = None  # any loss; ldam_drw: 160 when unset
+    drw_beta: float = 0.9999
+    class_balanced_beta: float | None = None
+
+    def validate(self) -> None:
+        if normalize_name(self.name) not in _REGISTRY:
+            raise InputError(f"unknown loss {self.name!r}; valid: {', '.join(list_losses())}")
+        for key in ("tau", "max_margin", "vs_gamma", "focal_gamma"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"loss.{key} must be a finite number >= 0, got {value!r}")
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise InputError(f"loss.scale must be a finite number > 0, got {self.scale!r}")
+        for key in ("drw_beta", "class_balanced_beta"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 1:
+                raise InputError(f"loss.{key} must lie in [0, 1), got {value!r}")
+        if self.drw_start_epoch is not None and self.drw_start_epoch < 0:
+            raise InputError(f"loss.drw_start_epoch must be >= 0, got {self.drw_start_epoch}")
+        if self.drw_start_epoch is not None and self.class_balanced_beta is not None:
+            raise InputError("give loss.drw_start_epoch or loss.class_balanced_beta, not both")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`create_loss` for this loss."""
+        key = normalize_name(self.name)
+        own: dict[str, Any] = {
+            "logit_adjustment": {"tau": self.tau},
+            "vs": {"tau": self.tau, "gamma": self.vs_gamma},
+            "ldam": {"max_margin": self.max_margin, "scale": self.scale},
+            "ldam_drw": {"max_margin": self.max_margin, "scale": self.scale},
+            "focal": {"gamma": self.focal_gamma},
+        }.get(key, {})
+        if self.drw_start_epoch is not None:
+            own["drw_start_epoch"] = self.drw_start_epoch
+        if self.class_balanced_beta is not None:
+            own["class_balanced_beta"] = self.class_balanced_beta
+        return {**own, "drw_beta": self.drw_beta}
+
+    def build(self, class_counts: CountsLike | None) -> LongTailLoss:
+        """The per-sample loss module."""
+        return create_loss(self.name, class_counts, reduction="none", **self.kwargs())

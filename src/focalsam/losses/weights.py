@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from focalsam.losses._checks import CountsLike, as_class_counts
+from focalsam.class_counts import validate_class_counts
+from focalsam.losses._checks import CountsLike
 
 __all__ = ["DeferredReweighting", "class_balanced_weights"]
 
@@ -23,7 +24,7 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> Te
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}")
-    n = as_class_counts(class_counts)
+    n = validate_class_counts(class_counts)
     w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
     return (w / w.sum() * n.numel()).to(torch.float32)
 
@@ -38,7 +39,7 @@ class DeferredReweighting:
     def __init__(self, class_counts: CountsLike, start_epoch: int = 160, beta: float = 0.9999):
         if start_epoch < 0:
             raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
-        self.class_counts = as_class_counts(class_counts)
+        self.class_counts = validate_class_counts(class_counts)
         self.start_epoch = int(start_epoch)
         self.beta = beta
         self._late = class_balanced_weights(self.class_counts, beta)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from focalsam.class_counts import CountsLike, validate_class_counts
 from focalsam.metrics.functional import (
     class_correct_total,
     confusion_matrix,
@@ -49,7 +47,7 @@ class LongTailAccuracy:
     def __init__(
         self,
         num_classes: int,
-        class_counts: Sequence[int] | np.ndarray | Tensor | None = None,
+        class_counts: CountsLike | None = None,
         preset: str | ShotThresholds | None = "standard",
         thresholds: tuple[float, float] | None = None,
         confusion: bool = False,
@@ -60,12 +58,8 @@ class LongTailAccuracy:
         self.num_classes = int(num_classes)
         self.groups: ShotGroups | None = None
         if class_counts is not None:
-            self.groups = shot_groups(class_counts, preset, thresholds)
-            if self.groups.many.numel() != num_classes:
-                raise ValueError(
-                    f"class_counts has {self.groups.many.numel()} entries but num_classes is "
-                    f"{num_classes}"
-                )
+            counts = validate_class_counts(class_counts, self.num_classes, min_count=0)
+            self.groups = shot_groups(counts, preset, thresholds)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.track_confusion = confusion
         self.reset()

@@ -17,12 +17,12 @@ CIFAR-LT has no single convention, so reports should always name the preset used
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from torch import Tensor
+
+from focalsam.class_counts import CountsLike, validate_class_counts
+from focalsam.names import normalize_name
 
 __all__ = [
     "SHOT_PRESETS",
@@ -76,7 +76,7 @@ def default_shot_preset(dataset: str, imbalance_ratio: float | None = None) -> s
     CIFAR-10/100 at ratio 100 get their published per-dataset presets; everything else (other
     ratios included, for which no convention was published) gets ``"standard"``.
     """
-    key = dataset.lower().replace("-", "").replace("_", "")
+    key = normalize_name(dataset).replace("_", "")
     if key.startswith("cifar10") and imbalance_ratio is not None and float(imbalance_ratio) == 100:
         return "cifar100-lt-r100" if key.startswith("cifar100") else "cifar10-lt-r100"
     return "standard"
@@ -117,7 +117,7 @@ def _resolve(preset: str | ShotThresholds | None, thresholds: tuple[float, float
 
 
 def shot_groups(
-    class_counts: Sequence[int] | np.ndarray | Tensor,
+    class_counts: CountsLike,
     preset: str | ShotThresholds | None = "standard",
     thresholds: tuple[float, float] | None = None,
 ) -> ShotGroups:
@@ -130,14 +130,7 @@ def shot_groups(
     ([True, False, False], [False, True, False], [False, False, True])
     """
     th = _resolve(preset, thresholds)
-    n = torch.as_tensor(
-        class_counts if isinstance(class_counts, Tensor) else np.asarray(class_counts)
-    )
-    n = n.detach().to("cpu", torch.float64)
-    if n.ndim != 1 or n.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got {tuple(n.shape)}")
-    if (n < 0).any() or not torch.isfinite(n).all():
-        raise ValueError("class_counts must be finite and non-negative")
+    n = validate_class_counts(class_counts, min_count=0)
     many = n > th.many_above
     few = n < th.few_below
     return ShotGroups(many, ~(many | few), few, th)

@@ -6,15 +6,12 @@ clean weights ``a`` and sharp weights ``b``. They wrap any torch optimizer and
 never import the trainer, so they fit any training loop.
 """
 
-from focalsam.optim.cc_sam import (
-    CCSAM,
+from focalsam.optim.cc_sam import CCSAM, ccsam_radius, validate_ccsam_counts
+from focalsam.optim.cc_sam_stage2 import (
     CCSAMStage2,
-    PassCount,
     ccsam_feature_weights,
     ccsam_mix_weight,
-    ccsam_radius,
     perturbed_feature_losses,
-    validate_ccsam_counts,
 )
 from focalsam.optim.class_weights import (
     class_priors,
@@ -31,6 +28,7 @@ from focalsam.optim.errors import (
     LossShapeError,
     NonFiniteLossError,
     OptimizerInputError,
+    StateDictError,
     StepOrderError,
 )
 from focalsam.optim.focal_sam import FocalSAM
@@ -66,7 +64,6 @@ __all__ = [
     "optimizer_aliases",
     "register_method",
     "CCSAMStage2",
-    "PassCount",
     "SAM",
     "ClassCountsError",
     "FocalSAM",
@@ -77,6 +74,7 @@ __all__ = [
     "NonFiniteLossError",
     "OptimizerInputError",
     "PlainOptimizer",
+    "StateDictError",
     "StepOrderError",
     "WeightedSAM",
     "ccsam_feature_weights",

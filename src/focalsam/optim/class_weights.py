@@ -9,49 +9,57 @@ For class counts ``n_i`` with ``pi_i = n_i / sum(n)``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from focalsam.class_counts import validate_class_counts as _validate
 from focalsam.optim.errors import ClassCountsError, InvalidHyperparameterError
 
 ClassCounts = Sequence[int] | Tensor | np.ndarray
+#: Weights of the two-weight rule: one number for every class, or one per class.
+Weights = float | Sequence[float] | Tensor | np.ndarray
 
 
-def validate_class_counts(class_counts: ClassCounts, num_classes: int | None = None) -> Tensor:
-    """Return ``class_counts`` as a 1-D float64 CPU tensor, after checking it.
-
-    Raises :class:`ClassCountsError` for an empty or non-1-D input, a length
-    other than ``num_classes`` (when given), non-integer values, zeros or negatives.
+def validate_class_counts(
+    class_counts: ClassCounts, num_classes: int | None = None, *, min_count: int = 1, why: str = ""
+) -> Tensor:
+    """``class_counts`` as a 1-D float64 CPU tensor, checked by
+    :func:`focalsam.class_counts.validate_class_counts`: whole numbers ``>= min_count``
+    (``why``: the reason, for the message), one per class (``num_classes`` of them when
+    given). Raises the optimizers' :class:`ClassCountsError`.
     """
-    try:
-        counts = torch.as_tensor(
-            class_counts.detach().cpu() if isinstance(class_counts, Tensor) else class_counts,
-            dtype=torch.float64,
+    return _validate(
+        class_counts, num_classes, min_count=min_count, why=why, error=ClassCountsError
+    )
+
+
+def as_weights(weights: Weights, name: str) -> float | Tensor:
+    """A constant (float) or a 1-D float64 CPU tensor of per-class weights, checked finite."""
+    if isinstance(weights, int | float):
+        w = float(weights)
+        if not math.isfinite(w):
+            raise InvalidHyperparameterError(f"{name} must be finite, got {w}")
+        return w
+    t = torch.as_tensor(
+        weights.detach().cpu() if isinstance(weights, Tensor) else weights, dtype=torch.float64
+    )
+    if t.ndim != 1 or t.numel() == 0:
+        raise InvalidHyperparameterError(
+            f"{name} must be a number or a non-empty 1-D per-class sequence, "
+            f"got shape {tuple(t.shape)}"
         )
-    except (TypeError, ValueError) as exc:
-        raise ClassCountsError(
-            f"class_counts must be a sequence of per-class training counts, got {class_counts!r}"
-        ) from exc
-    if counts.ndim != 1 or counts.numel() == 0:
-        raise ClassCountsError(
-            f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
-        )
-    if num_classes is not None and counts.numel() != num_classes:
-        raise ClassCountsError(
-            f"class_counts has {counts.numel()} entries but there are {num_classes} classes"
-        )
-    if not torch.isfinite(counts).all() or not torch.equal(counts, counts.round()):
-        raise ClassCountsError(f"class_counts must hold whole numbers, got {counts.tolist()}")
-    bad = (counts <= 0).nonzero().flatten().tolist()
-    if bad:
-        raise ClassCountsError(
-            "class_counts must be positive (every class needs at least one training "
-            f"sample); classes {bad} have counts {counts[bad].long().tolist()}"
-        )
-    return counts
+    if not torch.isfinite(t).all():
+        raise InvalidHyperparameterError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def is_zero(w: float | Tensor) -> bool:
+    """Whether every weight is 0 (its backward pass can be skipped)."""
+    return bool(w == 0) if isinstance(w, float) else not bool(w.ne(0).any())
 
 
 def class_priors(class_counts: ClassCounts) -> Tensor:

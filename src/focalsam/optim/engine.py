@@ -16,24 +16,32 @@ skipped, so SAM costs 2 forward + 2 backward passes and Focal-SAM 2 + 3.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim.errors import (
-    InvalidHyperparameterError,
-    LabelError,
-    LossShapeError,
-    NonFiniteLossError,
-    StepOrderError,
+from focalsam.optim._step import (
+    TINY,
+    BackwardFn,
+    BufferPool,
+    DeviceCache,
+    GradAllReduce,
+    active_scaler,
+    check_losses,
+    check_targets,
+    checked_values,
+    default_backward,
+    distributed,
+    ensure_finite,
+    losses_of,
+    zero_grads,
 )
+from focalsam.optim.class_weights import Weights, as_weights, is_zero
+from focalsam.optim.errors import InvalidHyperparameterError, LabelError, StepOrderError
 from focalsam.optim.wrapper import (
     WrappedOptimizer,
     _validate_bn_update,
@@ -41,39 +49,9 @@ from focalsam.optim.wrapper import (
     _validate_rho,
 )
 
-Weights = float | Sequence[float] | Tensor | np.ndarray
-BackwardFn = Callable[..., Any]
 BatchNormUpdate = Literal["both", "clean"]
 
 _IDLE, _CLEAN_DONE, _PERTURBED = "idle", "clean-done", "perturbed"
-
-
-def _default_backward(loss: Tensor, retain_graph: bool = False) -> None:
-    loss.backward(retain_graph=retain_graph)
-
-
-def _as_weights(weights: Weights, name: str) -> float | Tensor:
-    """A constant (float) or a 1-D float64 CPU tensor of per-class weights."""
-    if isinstance(weights, int | float):
-        w = float(weights)
-        if not math.isfinite(w):
-            raise InvalidHyperparameterError(f"{name} must be finite, got {w}")
-        return w
-    t = torch.as_tensor(
-        weights.detach().cpu() if isinstance(weights, Tensor) else weights, dtype=torch.float64
-    )
-    if t.ndim != 1 or t.numel() == 0:
-        raise InvalidHyperparameterError(
-            f"{name} must be a number or a non-empty 1-D per-class sequence, "
-            f"got shape {tuple(t.shape)}"
-        )
-    if not torch.isfinite(t).all():
-        raise InvalidHyperparameterError(f"{name} must be finite, got {t.tolist()}")
-    return t
-
-
-def _is_zero(w: float | Tensor) -> bool:
-    return bool(w == 0) if isinstance(w, float) else not bool(w.ne(0).any())
 
 
 class WeightedSAM(WrappedOptimizer):
@@ -134,8 +112,8 @@ class WeightedSAM(WrappedOptimizer):
                 "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
             )
         _validate_max_grad_norm(max_grad_norm)
-        self.clean_weights = _as_weights(clean_weights, "clean_weights")
-        self.sharp_weights = _as_weights(sharp_weights, "sharp_weights")
+        self.clean_weights = as_weights(clean_weights, "clean_weights")
+        self.sharp_weights = as_weights(sharp_weights, "sharp_weights")
         lengths = {
             w.numel() for w in (self.clean_weights, self.sharp_weights) if isinstance(w, Tensor)
         }
@@ -144,8 +122,8 @@ class WeightedSAM(WrappedOptimizer):
                 f"clean_weights and sharp_weights have different lengths {sorted(lengths)}"
             )
         self.num_classes: int | None = lengths.pop() if lengths else None
-        self._clean_is_zero = _is_zero(self.clean_weights)
-        self._sharp_is_zero = _is_zero(self.sharp_weights)
+        self._clean_is_zero = is_zero(self.clean_weights)
+        self._sharp_is_zero = is_zero(self.sharp_weights)
 
         self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
         self.model = model
@@ -154,13 +132,11 @@ class WeightedSAM(WrappedOptimizer):
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
 
-        self._weights_cache: dict[
-            tuple[str, torch.dtype], tuple[float | Tensor, float | Tensor]
-        ] = {}
+        self._weights = DeviceCache(self.clean_weights, self.sharp_weights)
         # Transient per-parameter buffers, allocated once, never saved.
-        self._eps: dict[Tensor, Tensor] = {}
-        self._backup: dict[Tensor, Tensor] = {}
-        self._flat: Tensor | None = None
+        self._eps = BufferPool()
+        self._backup = BufferPool()
+        self._all_reduce = GradAllReduce()
         self._phase = _IDLE
         self._pending: dict[str, Any] = {}
         self._pending_params: list[Tensor] = []
@@ -193,10 +169,10 @@ class WeightedSAM(WrappedOptimizer):
             )
         with self.clean_context():
             out = closure()
-            losses = _losses_of(out)
+            losses = losses_of(out)
             perturbed = self.first_step(losses, targets, scaler=scaler, backward=backward)
         if perturbed:
-            self.second_step(_losses_of(closure()), backward=backward)
+            self.second_step(losses_of(closure()), backward=backward)
         elif self._phase == _CLEAN_DONE:
             self.second_step(None, backward=backward)
         if isinstance(out, tuple):
@@ -211,7 +187,7 @@ class WeightedSAM(WrappedOptimizer):
         rule never takes a perturbed pass (all sharp weights zero), the clean
         backward must synchronize and this is a no-op too.
         """
-        if self._sharp_is_zero or not _distributed():
+        if self._sharp_is_zero or not distributed():
             return contextlib.nullcontext()
         no_sync = getattr(self.model, "no_sync", None)
         if no_sync is None:
@@ -246,14 +222,15 @@ class WeightedSAM(WrappedOptimizer):
             raise StepOrderError(
                 "first_step called twice without second_step; call second_step to finish"
             )
-        batch = _check_losses(losses, targets)
-        a, b = self._sample_weights(targets, batch, losses)
+        batch = check_losses(losses)
+        if targets is not None:
+            targets = check_targets(targets, batch)
+        a, b = self._sample_weights(targets, losses)
         run_a, run_b = self._decide(losses, targets, a, b)
-        backward_fn = backward or _default_backward
-        if scaler is not None and not scaler.is_enabled():
-            scaler = None
+        backward_fn = backward or default_backward
+        scaler = active_scaler(scaler)
         params = self._trainable()
-        _zero_grads(params)
+        zero_grads(params)
         if run_b:
             with torch.enable_grad():
                 backward_fn(_scaled(_weighted_mean(losses, b, batch), scaler), retain_graph=run_a)
@@ -264,7 +241,7 @@ class WeightedSAM(WrappedOptimizer):
                 self._pending = {"scaler": scaler, "skip": True}
                 self._phase = _CLEAN_DONE
                 return False
-            _zero_grads(params)
+            zero_grads(params)
         if run_a:
             with torch.enable_grad():
                 backward_fn(_scaled(_weighted_mean(losses, a, batch), scaler), retain_graph=False)
@@ -296,14 +273,15 @@ class WeightedSAM(WrappedOptimizer):
                         "first_step perturbed the parameters: second_step needs the losses "
                         "of a forward pass at theta + eps"
                     )
-                batch = _check_losses(losses, None, expected=pending["batch"])
-                if self.check_finite and not bool(torch.isfinite(losses.detach()).all()):
-                    raise NonFiniteLossError(
+                batch = check_losses(losses, expected=pending["batch"])
+                if self.check_finite:
+                    ensure_finite(
+                        losses,
                         "the forward pass at theta + eps returned non-finite losses; "
-                        "the parameters were restored and no step was taken"
+                        "the parameters were restored and no step was taken",
                     )
                 with torch.enable_grad():
-                    fn = backward or _default_backward
+                    fn = backward or default_backward
                     fn(_scaled(_weighted_mean(losses, pending["b"], batch), pending["scaler"]))
             elif losses is not None:
                 raise StepOrderError(
@@ -319,8 +297,9 @@ class WeightedSAM(WrappedOptimizer):
 
     # -------------------------------------------------------------- helpers
     def _sample_weights(
-        self, targets: Tensor | None, batch: int, losses: Tensor
+        self, targets: Tensor | None, losses: Tensor
     ) -> tuple[float | Tensor, float | Tensor]:
+        """Each sample's clean and sharp weights ``(a_n, b_n)`` (constants pass through)."""
         if self.num_classes is None:
             return self.clean_weights, self.sharp_weights  # type: ignore[return-value]
         if targets is None:
@@ -328,16 +307,8 @@ class WeightedSAM(WrappedOptimizer):
                 f"{type(self).__name__} weights samples by class: pass the labels "
                 "as targets (shape (B,))"
             )
-        key = (str(losses.device), losses.dtype)
-        table = self._weights_cache.get(key)
-        if table is None:
-            table = (
-                _on(self.clean_weights, losses),
-                _on(self.sharp_weights, losses),
-            )
-            self._weights_cache[key] = table
+        clean, sharp = self._weights.on(losses)
         idx = targets.clamp(0, self.num_classes - 1)
-        clean, sharp = table
         return (
             clean[idx] if isinstance(clean, Tensor) else clean,
             sharp[idx] if isinstance(sharp, Tensor) else sharp,
@@ -347,30 +318,11 @@ class WeightedSAM(WrappedOptimizer):
         self, losses: Tensor, targets: Tensor | None, a: float | Tensor, b: float | Tensor
     ) -> tuple[bool, bool]:
         """Check labels and losses, and decide which backward passes to run (one sync)."""
-        checks: list[Tensor] = []
-        if self.num_classes is not None and targets is not None:
-            checks.append(((targets >= 0) & (targets < self.num_classes)).all())
-        if self.check_finite:
-            checks.append(torch.isfinite(losses.detach()).all())
         # Skipping on this batch's weights is data dependent: under DDP every
         # replica must take the same passes, so only skip what is zero for all.
-        dynamic = not _distributed()
-        if dynamic and isinstance(a, Tensor):
-            checks.append(a.ne(0).any())
-        if dynamic and isinstance(b, Tensor):
-            checks.append(b.ne(0).any())
-        values = torch.stack(checks).tolist() if checks else []
-        if self.num_classes is not None and targets is not None and not values.pop(0):
-            raise LabelError(
-                f"labels must lie in [0, {self.num_classes}); got values in "
-                f"[{int(targets.min())}, {int(targets.max())}]"
-            )
-        if self.check_finite and not values.pop(0):
-            bad = int((~torch.isfinite(losses.detach())).sum())
-            raise NonFiniteLossError(
-                f"the forward pass returned {bad} non-finite losses out of {losses.numel()}; "
-                "no step was taken"
-            )
+        dynamic = not distributed()
+        extra = [w.ne(0).any() for w in (a, b) if dynamic and isinstance(w, Tensor)]
+        values = checked_values(losses, targets, self.num_classes, self.check_finite, extra)
         run_a, run_b = not self._clean_is_zero, not self._sharp_is_zero
         if dynamic and isinstance(a, Tensor):
             run_a = bool(values.pop(0))
@@ -386,11 +338,11 @@ class WeightedSAM(WrappedOptimizer):
         grads = [p.grad for p in with_grad]
         if inv_scale != 1.0:
             torch._foreach_mul_(grads, inv_scale)  # type: ignore[arg-type]
-        if self.ascent_all_reduce and _distributed():
+        if self.ascent_all_reduce and distributed():
             self._all_reduce(params)
             with_grad = params
             grads = [p.grad for p in params]
-        eps = [self._buffer(self._eps, p) for p in with_grad]
+        eps = self._eps(with_grad)
         torch._foreach_copy_(eps, grads)  # type: ignore[arg-type]
         # Group the parameters by param group (rho, adaptive may differ per group).
         groups = self._groups_of(with_grad)
@@ -404,7 +356,7 @@ class WeightedSAM(WrappedOptimizer):
             sub = [eps[i] for i in idx]
             if group["adaptive"]:
                 torch._foreach_mul_(sub, [with_grad[i] for i in idx])
-            torch._foreach_mul_(sub, group["rho"] / (norm + 1e-12))
+            torch._foreach_mul_(sub, group["rho"] / (norm + TINY))
         self._pending_params = with_grad
         return True
 
@@ -417,29 +369,9 @@ class WeightedSAM(WrappedOptimizer):
             out.setdefault(owner[p], []).append(i)
         return [(self.param_groups[gi], idx) for gi, idx in out.items()]
 
-    def _all_reduce(self, params: list[Tensor]) -> None:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
-        total = sum(g.numel() for g in grads)
-        if self._flat is None or self._flat.numel() != total:
-            self._flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
-        views = [v.view_as(g) for v, g in zip(self._flat.split([g.numel() for g in grads]), grads)]
-        torch._foreach_copy_(views, grads)
-        dist.all_reduce(self._flat)
-        self._flat.div_(dist.get_world_size())
-        torch._foreach_copy_(grads, views)
-
-    def _buffer(self, store: dict[Tensor, Tensor], p: Tensor) -> Tensor:
-        buf = store.get(p)
-        if buf is None:
-            buf = store[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        return buf
-
     def _perturb(self) -> None:
         params = self._pending_params
-        backup = [self._buffer(self._backup, p) for p in params]
+        backup = self._backup(params)
         torch._foreach_copy_(backup, params)
         torch._foreach_add_(params, [self._eps[p] for p in params])
         if self.bn_update == "clean":
@@ -453,57 +385,6 @@ class WeightedSAM(WrappedOptimizer):
         self._unfreeze_bn()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _losses_of(out: Any) -> Tensor:
-    losses = out[0] if isinstance(out, tuple) else out
-    if not isinstance(losses, Tensor):
-        raise LossShapeError(
-            "the closure must return per-sample losses (a tensor of shape (B,)) or a tuple "
-            f"starting with them, got {type(losses).__name__}"
-        )
-    return losses
-
-
-def _check_losses(losses: Tensor, targets: Tensor | None, expected: int | None = None) -> int:
-    if not isinstance(losses, Tensor):
-        raise LossShapeError(f"losses must be a tensor of shape (B,), got {type(losses).__name__}")
-    if losses.ndim != 1:
-        hint = " (use reduction='none')" if losses.ndim == 0 else ""
-        raise LossShapeError(
-            f"losses must hold one value per sample, shape (B,); got shape "
-            f"{tuple(losses.shape)}{hint}"
-        )
-    if not losses.is_floating_point():
-        raise LossShapeError(f"losses must be floating point, got {losses.dtype}")
-    if not losses.requires_grad:
-        raise LossShapeError(
-            "losses do not require grad: run the forward pass with autograd enabled"
-        )
-    batch = losses.shape[0]
-    if batch == 0:
-        raise LossShapeError("losses are empty: the batch has no samples")
-    if targets is not None:
-        if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.is_floating_point():
-            raise LabelError(
-                "targets must be a 1-D integer tensor of class labels, got "
-                f"{getattr(targets, 'dtype', type(targets).__name__)} of shape "
-                f"{tuple(getattr(targets, 'shape', ()))}"
-            )
-        if targets.shape[0] != batch:
-            raise LossShapeError(
-                f"got {batch} losses for {targets.shape[0]} labels: the loss must be "
-                "per sample (reduction='none')"
-            )
-    if expected is not None and batch != expected:
-        raise LossShapeError(
-            f"the perturbed forward returned {batch} losses, the clean one {expected}"
-        )
-    return batch
-
-
 def _weighted_mean(losses: Tensor, weights: float | Tensor, batch: int) -> Tensor:
     """``(1/B) sum_n w_n l_n``."""
     if isinstance(weights, Tensor):
@@ -513,17 +394,5 @@ def _weighted_mean(losses: Tensor, weights: float | Tensor, batch: int) -> Tenso
     return losses.sum() * weights / batch
 
 
-def _on(weights: float | Tensor, like: Tensor) -> float | Tensor:
-    if isinstance(weights, Tensor):
-        return weights.to(device=like.device, dtype=like.dtype)
-    return weights
-
-
 def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
     return loss if scaler is None else scaler.scale(loss)
-
-
-def _zero_grads(params: list[Tensor]) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_zero_(grads)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from focalsam.names import normalize_name
-from focalsam.optim.cc_sam import CCSAM
+from focalsam.optim.cc_sam import CCSAM, ccsam_mix_weight
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.focal_sam import FocalSAM
 from focalsam.optim.imbsam import ImbSAM
@@ -131,9 +131,12 @@ class CCSAMOptions:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A training stage after the optimizer's own: ``kind`` names what it trains
-    (``"classifier"``: the head alone, on class-balanced batches of features),
-    ``epochs`` reads its length from the options."""
+    """A training stage after the optimizer's own. ``kind`` names what it trains:
+    ``"classifier"``, the head alone on class-balanced batches of the features that
+    enter it; ``epochs(options)`` its length; ``build(first_optimizer, classifier,
+    options, momentum=, weight_decay=, max_grad_norm=)`` an object with
+    ``step(features, targets, *, epoch, scaler) -> losses``, ``describe(epoch)``,
+    ``state_dict()`` and ``load_state_dict()``."""
 
     kind: str
     epochs: Callable[[Any], int]
@@ -147,7 +150,7 @@ class MethodSpec:
     name: str
     factory: OptimizerFactory
     description: str
-    options: type | None = None
+    options: type[Any] | None = None
     settings: tuple[str, ...] = SAM_SETTINGS
     fixed: dict[str, Any] = field(default_factory=dict)
     needs_class_counts: bool = False
@@ -176,7 +179,7 @@ class MethodSpec:
         nothing to the plain optimizer), and the base optimizer's keyword arguments."""
         kwargs: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k in self.settings}
         if self.options is not None:
-            opts = options if options is not None else self.options()
+            opts: Any = options if options is not None else self.options()
             if not isinstance(opts, self.options):
                 raise InvalidHyperparameterError(
                     f"options of {self.name!r} must be {self.options.__name__}, got {opts!r}"
@@ -291,16 +294,39 @@ def _ccsam_stage2_epochs(options: CCSAMOptions) -> int:
     return options.stage2_epochs
 
 
-def _ccsam_stage2(
-    first: CCSAM, classifier: nn.Module, options: CCSAMOptions, *, momentum: float = 0.9,
-    weight_decay: float = 0.0, max_grad_norm: float | None = None,
-) -> Any:  # fmt: skip
-    """CC-SAM's stage 2: SGD on the classifier at ``stage2_lr`` (constant)."""
-    optimizer = torch.optim.SGD(
-        classifier.parameters(), lr=options.stage2_lr, momentum=momentum,
-        weight_decay=weight_decay,
-    )  # fmt: skip
-    return first.second_stage(optimizer, rho=options.rho2, max_grad_norm=max_grad_norm)
+class CCSAMClassifierStage:
+    """CC-SAM's stage 2 as a classifier stage: ``step(features, targets, epoch=e)`` trains
+    the classifier on (class-balanced) features with the mix weight of stage epoch ``e``
+    (:func:`ccsam_mix_weight`), by SGD at a constant ``stage2_lr``."""
+
+    def __init__(
+        self, first: CCSAM, classifier: nn.Module, options: CCSAMOptions, *,
+        momentum: float = 0.9, weight_decay: float = 0.0, max_grad_norm: float | None = None,
+    ) -> None:  # fmt: skip
+        self.options = options
+        self.optimizer = torch.optim.SGD(
+            classifier.parameters(), lr=options.stage2_lr, momentum=momentum,
+            weight_decay=weight_decay,
+        )  # fmt: skip
+        self.second = first.second_stage(
+            self.optimizer, rho=options.rho2, max_grad_norm=max_grad_norm
+        )
+
+    def describe(self, epoch: int) -> dict[str, float]:
+        """What to log for stage epoch ``epoch`` (0-based)."""
+        return {"lr": self.options.stage2_lr, "rho": self.options.rho2, "alpha": self.alpha(epoch)}
+
+    def alpha(self, epoch: int) -> float:
+        return ccsam_mix_weight(epoch, self.options.stage2_epochs, self.options.up_limit)
+
+    def step(self, features: Tensor, targets: Tensor, *, epoch: int, scaler: Any = None) -> Tensor:
+        return self.second.step(features, targets, alpha=self.alpha(epoch), scaler=scaler)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
 
 
 register_method(
@@ -324,7 +350,7 @@ register_method(
     MethodSpec("ccsam", CCSAM, "CC-SAM (Zhou et al. CVPR 2023), two stages",
                options=CCSAMOptions, settings=("bn_update", "max_grad_norm", "model"),
                needs_class_counts=True, needs_classifier=True, aliases=("cc_sam",),
-               later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, _ccsam_stage2),))
+               later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, CCSAMClassifierStage),))
 )  # fmt: skip
 
 __all__ = [

@@ -5,14 +5,22 @@ drives the base optimizer's lr and ``state_dict`` is exactly the base's."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim.errors import InvalidHyperparameterError
+from focalsam.optim._step import base_step
+from focalsam.optim.errors import InvalidHyperparameterError, StateDictError
+
+#: Per-parameter state of torch's optimizers that has the parameter's shape.
+_PARAM_SHAPED = frozenset(
+    {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "grad_avg",
+     "acc_delta", "sum", "ax", "prev"}
+)  # fmt: skip
 
 
 def _validate_rho(rho: Any) -> None:
@@ -85,9 +93,36 @@ class WrappedOptimizer(Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` of this kind of optimizer saved on the same groups.
+
+        Anything else (not a dict with ``state`` and ``param_groups``, other numbers of
+        groups or parameters, state of other shapes, groups without this optimizer's or
+        its base's options) raises :class:`StateDictError` here and changes nothing.
+        """
+        groups = self.param_groups
+        _check_state_dict(state_dict, groups, type(self).__name__)
+        expected = [set(g) for g in groups]
+        previous = self.base_optimizer.state_dict()
         self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
+        try:
+            for i, (keys, group) in enumerate(zip(expected, self.base_optimizer.param_groups)):
+                missing = sorted(keys - set(group))
+                if missing:
+                    raise StateDictError(
+                        f"parameter group {i} of the state dict lacks {missing}: it was not "
+                        f"saved by {type(self).__name__} over "
+                        f"{type(self.base_optimizer).__name__} (expected the options {sorted(keys)})"
+                    )
+                _validate_rho(group["rho"])
+        except InvalidHyperparameterError as exc:
+            self.base_optimizer.load_state_dict(previous)
+            raise StateDictError(f"the state dict's {exc}") from None
+        except StateDictError:
+            self.base_optimizer.load_state_dict(previous)
+            raise
+        finally:
+            self.param_groups = self.base_optimizer.param_groups
+            self.state = self.base_optimizer.state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         base = getattr(self, "base_optimizer", None)
@@ -119,17 +154,57 @@ class WrappedOptimizer(Optimizer):
                 m.num_batches_tracked.copy_(tracked)
         self._bn_saved.clear()
 
-    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool) -> None:
+    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool = False) -> None:
         """Clip the final gradient and take the base step (through the scaler if any)."""
         self._opt_called = True  # tells lr schedulers that the optimizer stepped
         params = [p for p in self._trainable() if p.grad is not None]
-        if scaler is not None:
-            if self.max_grad_norm is not None and not skip:
-                scaler.unscale_(self.base_optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-            scaler.step(self.base_optimizer)
-            scaler.update()
-            return
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-        self.base_optimizer.step()
+        base_step(self.base_optimizer, params, scaler, self.max_grad_norm, skip)
+
+
+def _check_state_dict(state_dict: Any, groups: list[dict[str, Any]], owner: str) -> None:
+    """Refuse a state dict whose structure, group sizes or state shapes do not fit ``groups``."""
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        got = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+        raise StateDictError(
+            f"{owner}.load_state_dict expects a dict with 'state' and 'param_groups' "
+            f"(what state_dict() returns), got {got}"
+        )
+    saved, state = state_dict["param_groups"], state_dict["state"]
+    if (
+        not isinstance(state, Mapping)
+        or not isinstance(saved, list | tuple)
+        or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in saved)
+    ):
+        raise StateDictError(
+            "the state dict's 'state' must be a dict and its 'param_groups' a list of dicts "
+            "with a 'params' list"
+        )
+    if len(saved) != len(groups):
+        raise StateDictError(
+            f"the state dict has {len(saved)} parameter groups, {owner} has {len(groups)}: "
+            "it was saved by an optimizer over other parameters"
+        )
+    for i, (s, g) in enumerate(zip(saved, groups)):
+        if len(s["params"]) != len(g["params"]):
+            raise StateDictError(
+                f"parameter group {i} of the state dict has {len(s['params'])} parameters, "
+                f"{owner}'s has {len(g['params'])}: it was saved by an optimizer over other "
+                "parameters"
+            )
+    params = dict(
+        zip(chain.from_iterable(s["params"] for s in saved), chain(*(g["params"] for g in groups)))
+    )
+    for key, entry in state.items():
+        p = params.get(key)
+        if p is None:
+            raise StateDictError(
+                f"the state dict holds state for parameter {key!r}, which none of its "
+                "parameter groups lists"
+            )
+        for name, value in entry.items() if isinstance(entry, Mapping) else ():
+            if name in _PARAM_SHAPED and isinstance(value, Tensor) and value.shape != p.shape:
+                raise StateDictError(
+                    f"the state dict's {name!r} of parameter {key!r} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(p.shape)}: it was saved by "
+                    "an optimizer over other parameters"
+                )
