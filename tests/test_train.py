@@ -14,6 +14,7 @@ import torch.distributed as dist
 from conftest import run_gloo
 
 from focalsam.cli import main
+from focalsam.errors import InputError
 from focalsam.train import (
     CheckpointError,
     ConfigError,
@@ -31,7 +32,7 @@ QUIET = {"progress": False, "tensorboard": False}
 
 def small_cfg(run_dir: Path, **kw):
     overrides = {"epochs": 2, "eval_every": 1, "run_dir": str(run_dir), **QUIET, **kw}
-    return make_config(get_preset("demo"), overrides=overrides)
+    return make_config("demo", overrides=overrides)
 
 
 def silent(cfg, **kw):
@@ -41,17 +42,15 @@ def silent(cfg, **kw):
 # ------------------------------------------------------------------ config
 def test_config_layers_and_errors(tmp_path):
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("lr: 0.02\nepochs: 7\n")
-    cfg = make_config(
-        get_preset("cifar10-lt-r100"), yaml_file, ["epochs=3", "loss_options.tau=1.5"]
-    )
-    assert (cfg.lr, cfg.epochs, cfg.rho, cfg.loss_options) == (0.02, 3, 0.2, {"tau": 1.5})
+    yaml_file.write_text("optim:\n  lr: 0.02\ntrain:\n  epochs: 7\n")
+    cfg = make_config("cifar10-lt-r100", yaml_file, ["epochs=3", "loss.tau=1.5"])
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.rho, cfg.loss.tau) == (0.02, 3, 0.2, 1.5)
     assert cfg.preset == "cifar10-lt-r100"
-    with pytest.raises(ConfigError, match="unknown config key 'lrr'.*valid keys"):
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'; did you mean lr"):
         make_config(None, None, ["lrr=0.1"])
-    with pytest.raises(ConfigError, match="'lr'.*could not be converted"):
+    with pytest.raises(ConfigError, match="'optim.lr'.*could not be converted"):
         make_config(None, None, ["lr=fast"])
-    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="run.precision must be one of fp32, bf16, fp16"):
         make_config(None, None, ["precision=fp8"])
     with pytest.raises(ConfigError, match="unknown preset 'x'; valid: cifar10-lt-r100"):
         get_preset("x")
@@ -63,15 +62,15 @@ def test_config_layers_and_errors(tmp_path):
 
 def test_unknown_optimizer_and_loss_list_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown optimizer 'adam'; valid: .*focal_sam.*sgd"):
-        silent(small_cfg(tmp_path / "a", optimizer="adam"))
+        small_cfg(tmp_path / "a", optimizer="adam")
     with pytest.raises(ConfigError, match="unknown loss 'hinge'; valid: .*logit_adjustment"):
-        silent(small_cfg(tmp_path / "b", loss="hinge"))
+        small_cfg(tmp_path / "b", loss="hinge")
 
 
 def test_unwritable_run_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="not writable"):
+    with pytest.raises(InputError, match="not writable"):
         silent(small_cfg(blocker / "run"))
 
 
@@ -86,7 +85,7 @@ def test_resume_at_an_epoch_equals_uninterrupted(tmp_path, optimizer):
     full_report = full.fit()
 
     def stop_after_epoch_1(trainer, epoch, step):
-        if epoch == 0 and step + 1 == trainer.steps_per_epoch:
+        if epoch == 0 and step + 1 == trainer.steps_in_epoch:
             trainer.request_stop("SIGTERM")
 
     part = silent(small_cfg(tmp_path / "part", optimizer=optimizer), on_step=stop_after_epoch_1)
@@ -249,10 +248,14 @@ def test_ccsam_runs_both_stages_and_stage_2_trains_only_the_classifier(tmp_path)
     snapshots = {}
 
     def snap(trainer, epoch, step):
-        if epoch == 1 and step + 1 == trainer._epoch_steps:  # end of stage 1
+        if epoch == 1 and step + 1 == trainer.steps_in_epoch:  # end of stage 1
             snapshots["end1"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    cfg = small_cfg(tmp_path / "cc", optimizer="ccsam", ccsam_stage2_epochs=2, ccsam_rho=0.05)
+    cfg = small_cfg(
+        tmp_path / "cc",
+        optimizer="ccsam",
+        **{"optim.ccsam.stage2_epochs": 2, "optim.ccsam.rho": 0.05},
+    )
     trainer = silent(cfg, on_step=snap)
     report = trainer.fit()
     rows = [
@@ -272,7 +275,12 @@ def test_ccsam_runs_both_stages_and_stage_2_trains_only_the_classifier(tmp_path)
 
 
 def test_ccsam_resume_in_stage_2_equals_uninterrupted(tmp_path):
-    kw = dict(optimizer="ccsam", ccsam_stage2_epochs=2, ccsam_rho=0.05, epochs=1)
+    kw = {
+        "optimizer": "ccsam",
+        "optim.ccsam.stage2_epochs": 2,
+        "optim.ccsam.rho": 0.05,
+        "epochs": 1,
+    }
     full = silent(small_cfg(tmp_path / "full", **kw))
     full.fit()
 

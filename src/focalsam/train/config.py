@@ -1,12 +1,20 @@
-"""The training configuration: one typed dataclass, YAML files and ``key=value`` overrides.
+"""The training configuration: one typed object in sections, validated whole.
 
-Merging is done by OmegaConf against the dataclass schema, so a key that does
-not exist or a value of the wrong type is an error naming the key.
+Layering, one rule: schema defaults, then a preset (``--preset`` or the YAML's
+``preset:`` key), then the YAML file, then flags and ``key=value`` overrides.
+Keys are dotted (``optim.focal_sam.gamma``, ``loss.tau``); the short names in
+:data:`SHORT_KEYS` (``lr``, ``epochs``, ``optimizer``, ...) stand for theirs.
+
+Every section is validated by its owner (the optimizer options by the
+registry's spec, the loss by :class:`~focalsam.losses.registry.LossOptions`)
+and all of it before any directory or file is created.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,134 +23,238 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from focalsam.errors import InputError
+from focalsam.losses.registry import LossOptions
+from focalsam.metrics import SHOT_PRESETS
+from focalsam.models import MODELS
+from focalsam.names import normalize_name
+from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
 
-class ConfigError(ValueError):
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
+
+
+class ConfigError(InputError):
     """A configuration key or value is not valid."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help, **kw})
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a training run (see ``focalsam train --help``)."""
-
-    # data
-    dataset: str = _f(
-        "digits", "digits | cifar10 | cifar100 | imagenet_lt | inat2018 | image_folder"
-    )
-    data_root: str = _f("data", "folder holding the dataset (CIFAR: cifar-10-batches-py inside)")
+class DataConfig:
+    name: str = _f("digits", "digits | cifar10 | cifar100 | imagenet_lt | inat2018")
+    root: str = _f("data", "folder holding the dataset (CIFAR: cifar-10-batches-py inside)")
     download: bool = _f(False, "download CIFAR when missing (needs the internet)")
     imbalance_ratio: float = _f(100.0, "n_max / n_min of the long-tailed training set")
     profile: str = _f("exp", "long-tail profile: exp | step")
     train_list: str | None = _f(None, "ImageNet-LT / iNaturalist: training list file")
     test_list: str | None = _f(None, "ImageNet-LT / iNaturalist: test list file")
     num_workers: int = _f(4, "DataLoader workers for image-file datasets")
-    # model
-    model: str = _f("resnet32", "resnet32 | resnet50 | mlp | small_cnn")
+    shot_preset: str | None = _f(None, "many/medium/few thresholds (default: by dataset)")
+    verify_images: bool = _f(True, "image lists: check every image opens before training")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("resnet32", "resnet32 | resnet50 | small_cnn | mlp")
     normed_linear: bool = _f(False, "cosine classifier head (LDAM)")
-    # loss
-    loss: str = _f("ce", "ce | logit_adjustment | ldam | ldam_drw | vs | balanced_softmax | focal")
-    loss_options: dict[str, Any] = _f({}, "extra loss arguments, e.g. loss_options.tau=1.0")
-    # optimizer
-    optimizer: str = _f("focal_sam", "sgd | sam | asam | imbsam | focal_sam | ccsam")
-    base_optimizer: str = _f("sgd", "sgd | adam | adamw | rmsprop")
+
+
+@dataclass
+class OptimBase:
+    name: str = _f("focal_sam", "the method: " + " | ".join(list_optimizers()))
+    base: str = _f("sgd", "base optimizer: " + " | ".join(sorted(BASE_OPTIMIZERS)))
     lr: float = _f(0.1, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(False, "SGD Nesterov momentum")
     weight_decay: float = _f(2e-4, "weight decay (coupled for SGD)")
-    rho: float = _f(0.05, "SAM radius")
+    rho: float = _f(0.05, "SAM radius (SAM-family methods)")
     adaptive: bool = _f(False, "ASAM's scale-invariant ascent")
-    gamma: float = _f(2.0, "Focal-SAM focusing exponent")
-    lam: float = _f(0.5, "Focal-SAM weight of the class-wise sharpness")
-    eta: float = _f(100.0, "ImbSAM: classes with fewer training images are tail")
-    kappa: float = _f(1.0, "ImbSAM: weight of the tail sharpness (paper 1, code 2)")
     bn_update: str = _f("both", "BatchNorm statistics in: both passes | clean pass only")
     ascent_all_reduce: bool = _f(False, "DDP: average the ascent gradient (= one process)")
     max_grad_norm: float | None = _f(None, "clip the final gradient to this norm")
-    ccsam_rho: float = _f(1e-6, "CC-SAM: radius scale (the public code's noise_ratio)")
-    ccsam_flat_ratio: float = _f(0.5, "CC-SAM: weight of the perturbed loss in stage 1")
-    ccsam_mode: str = _f("classifier", "CC-SAM: classifier (public code) | network (paper)")
-    ccsam_stage2_epochs: int = _f(30, "CC-SAM: epochs of stage 2 (classifier, balanced batches)")
-    ccsam_stage2_lr: float = _f(0.01, "CC-SAM: constant lr of stage 2")
-    ccsam_rho2: float = _f(1.0, "CC-SAM: stage-2 feature perturbation scale")
-    ccsam_up_limit: float = _f(1.0, "CC-SAM: cap of stage 2's perturbed-loss weight")
-    # schedules
-    epochs: int = _f(200, "training epochs")
+
+
+def _method_sections() -> list[tuple[str, type, Any]]:
+    """One section per registered method with options: ``optim.<name>``."""
+    out = []
+    for name in list_optimizers():
+        spec = get_method(name)
+        if spec.options is not None:
+            out.append((name, spec.options, field(default_factory=spec.options)))
+    return out
+
+
+# optim.* is the shared settings plus one typed section per registered method's options
+OptimConfig: Any = dataclasses.make_dataclass("OptimConfig", _method_sections(), bases=(OptimBase,))
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = _f(200, "training epochs (of the optimizer's own stage)")
     batch_size: int = _f(64, "batch size (per process)")
-    lr_schedule: str = _f("cosine", "cosine | step | constant")
+    lr_schedule: str = _f("cosine", "cosine | step | constant (per step)")
     lr_milestones: list[int] = _f([160, 180], "step schedule: epochs where lr *= lr_decay")
-    lr_decay: float = _f(0.1, "step schedule factor")
+    lr_decay: float = _f(0.1, "step schedule factor (> 0)")
     warmup_epochs: float = _f(0.0, "linear warm-up epochs")
-    rho_schedule: str = _f("constant", "constant | step")
+    rho_schedule: str = _f("constant", "constant | step (scales each group's initial rho)")
     rho_milestones: list[int] = _f([], "step rho schedule: epochs where rho *= rho_decay")
-    rho_decay: float = _f(0.5, "step rho schedule factor")
-    # evaluation and reports
+    rho_decay: float = _f(0.5, "step rho schedule factor (>= 0)")
     eval_every: int = _f(10, "evaluate every N epochs (and at the end)")
     select: str = _f("last", "reported model: last epoch | best test epoch (as published code)")
-    shot_preset: str | None = _f(None, "many/medium/few thresholds (default: by dataset)")
-    # run
+
+
+@dataclass
+class RunConfig:
     precision: str = _f("fp32", "fp32 | bf16 | fp16 (fp16 uses a GradScaler)")
     channels_last: bool = _f(False, "channels_last memory format (GPU)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     seed: int = _f(0, "seed of model init and data order")
-    run_dir: str | None = _f(None, "where logs and checkpoints go (default runs/NAME-TIME)")
+    dir: str | None = _f(None, "the run directory (default runs/NAME-TIME)")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
     progress: bool = _f(True, "show a progress bar")
-    preset: str | None = _f(None, "the preset this config came from (recorded)")
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, in sections (``focalsam train --help``)."""
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "profile": ("exp", "step"),
-    "lr_schedule": ("cosine", "step", "constant"),
-    "rho_schedule": ("constant", "step"),
-    "select": ("last", "best"),
-    "precision": ("fp32", "bf16", "fp16"),
-    "bn_update": ("both", "clean"),
-    "ccsam_mode": ("classifier", "network"),
-}
+    preset: str | None = _f(None, "the preset applied under the YAML and flags")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossOptions = field(default_factory=LossOptions)
+    optim: Any = field(default_factory=OptimConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def method_options(self) -> Any:
+        """The options section of the configured method (``None`` if it has none)."""
+        return getattr(self.optim, canonical_name(self.optim.name), None)
+
+
+#: short names that are not simply a leaf's own unique name (those work too: ``tau``)
+_NAMED_SHORT_KEYS: dict[str, str] = {
+    "dataset": "data.name", "data_root": "data.root", "model": "model.name",
+    "loss": "loss.name", "optimizer": "optim.name", "base_optimizer": "optim.base",
+    "rho": "optim.rho", "gamma": "optim.focal_sam.gamma", "run_dir": "run.dir",
+}  # fmt: skip
+
+
+def leaf_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, dataclasses.Field[Any]]:
+    """Every dotted key of the schema -> its dataclass field."""
+    out: dict[str, dataclasses.Field[Any]] = {}
+    instance = cls()
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(leaf_fields(type(value), f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = f
+    return out
+
+
+def _short_keys() -> dict[str, str]:
+    leaves = list(leaf_fields())
+    last = [k.rsplit(".", 1)[-1] for k in leaves]
+    unique = {n: k for n, k in zip(last, leaves) if last.count(n) == 1 and n != "preset"}
+    return {**unique, **_NAMED_SHORT_KEYS}
+
+
+#: short names for keys (``lr`` for ``optim.lr``): flags and ``key=value`` both take them
+SHORT_KEYS: dict[str, str] = _short_keys()
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def expand_key(key: str) -> str:
+    """A short key (``lr``) -> its dotted key (``optim.lr``); dashes are underscores."""
+    key = key.strip().replace("-", "_")
+    return SHORT_KEYS.get(key, key)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.05", "optim.focal_sam.gamma=2"]`` -> ``{"optim.lr": 0.05, ...}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"overrides must be KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[expand_key(key)] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
 
 
 def make_config(
-    base: dict[str, Any] | None = None,
+    preset: str | None = None,
     yaml_file: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    apply_preset_key: bool = True,
 ) -> TrainConfig:
-    """Schema defaults <- ``base`` (a preset) <- ``yaml_file`` <- ``overrides``.
+    """Schema defaults <- preset <- ``yaml_file`` <- ``overrides``, validated whole.
 
-    ``overrides`` are ``key=value`` strings (YAML values) or a dict.
+    ``preset``: a preset name (else the YAML's ``preset:`` key, if any).
+    ``overrides``: ``key=value`` strings or a dict of (short or dotted) keys.
+
+    >>> cfg = make_config("cifar10-lt-r100", overrides=["lr=0.05", "optim.focal_sam.gamma=2"])
+    >>> cfg.optim.lr, cfg.optim.focal_sam.gamma, cfg.optim.focal_sam.lam
+    (0.05, 2.0, 0.5)
     """
-    schema = OmegaConf.structured(TrainConfig)
-    layers = [schema]
+    from focalsam.train.presets import get_preset
+
+    loaded = read_yaml(yaml_file) if yaml_file is not None else {}
+    if isinstance(overrides, dict):
+        flat = {expand_key(k): v for k, v in overrides.items()}
+    else:
+        flat = parse_overrides(list(overrides or []))
+    name = preset or (loaded.get("preset") if apply_preset_key else None)
+    if "preset" in flat:
+        raise ConfigError("choose a preset with --preset NAME, not preset=NAME")
+    layers: list[Any] = [OmegaConf.structured(TrainConfig)]
     try:
-        if base:
-            layers.append(OmegaConf.create(base))
-        if yaml_file is not None:
-            path = Path(yaml_file)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-            loaded.pop("_meta", None)
-            layers.append(OmegaConf.create(loaded))
-        if isinstance(overrides, dict):
-            layers.append(OmegaConf.create(overrides))
-        elif overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must be key=value, got {bad}")
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-        cfg = OmegaConf.to_object(merged)
+        if name:
+            layers.append(OmegaConf.create({**get_preset(name), "preset": name}))
+        layers.append(OmegaConf.create({k: v for k, v in loaded.items() if k != "_meta"}))
+        dotted = OmegaConf.create()
+        for key, value in flat.items():
+            OmegaConf.update(dotted, key, value, force_add=True)
+        layers.append(dotted)
+        cfg = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
     assert isinstance(cfg, TrainConfig)
@@ -152,37 +264,118 @@ def make_config(
 
 def _explain(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
-    msg = str(exc).splitlines()[0]
-    if "not in" in msg or "Key '" in msg and "is not in struct" in msg:
-        return f"unknown config key {key!r}; valid keys: {', '.join(sorted(FIELDS))}"
+    msg = str(exc).strip().splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not in" in msg:
+        import difflib
+
+        section = key.rsplit(".", 1)[0] + "." if key and "." in key else ""
+        near = sorted(k for k in leaf_fields() if k.startswith(section))
+        if section and len(near) <= 12:
+            return f"unknown config key {key!r}; valid keys here: {', '.join(near)}"
+        close = difflib.get_close_matches(str(key), [*leaf_fields(), *SHORT_KEYS], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return f"unknown config key {key!r}; {hint}(focalsam train --help lists every key)"
     return f"bad value for config key {key!r}: {msg}"
 
 
+def _number(key: str, value: Any, *, low: float | None = None, above: float | None = None) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    ok = ok and (low is None or value >= low) and (above is None or value > above)
+    if not ok:
+        bound = f" >= {low:g}" if low is not None else f" > {above:g}" if above is not None else ""
+        raise ConfigError(f"{key} must be a finite number{bound}, got {value!r}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
 def validate_config(cfg: TrainConfig) -> None:
-    """Range and choice checks that the schema's types cannot express."""
-    for key, choices in CHOICES.items():
-        value = getattr(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-    if cfg.ccsam_stage2_epochs < 0:
-        raise ConfigError(f"ccsam_stage2_epochs must be >= 0, got {cfg.ccsam_stage2_epochs}")
-    positive = ("epochs", "batch_size", "eval_every")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
-    if cfg.rho < 0:
-        raise ConfigError(f"rho must be >= 0, got {cfg.rho}")
-    if cfg.imbalance_ratio < 1:
-        raise ConfigError(f"imbalance_ratio must be >= 1, got {cfg.imbalance_ratio}")
-    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs must be in [0, epochs], got {cfg.warmup_epochs}")
+    """Every range, name and capability check; raises :class:`ConfigError`."""
+    from focalsam.optim import OptimizerInputError
+    from focalsam.train.presets import list_presets
+
+    d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.run
+    if cfg.preset is not None:
+        _choice("preset", cfg.preset, list_presets())
+    _choice("data.name", normalize_name(d.name), DATASETS)
+    _choice("data.profile", d.profile, ("exp", "step"))
+    _number("data.imbalance_ratio", d.imbalance_ratio, low=1)
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+    if d.shot_preset is not None:
+        _choice("data.shot_preset", d.shot_preset, sorted(SHOT_PRESETS))
+    _choice("model.name", normalize_name(m.name), MODELS)
+    try:
+        cfg.loss.validate()
+        spec = get_method(o.name)
+        options = cfg.method_options()
+        for name in list_optimizers():  # every method's section, warnings for the chosen one
+            section = getattr(o, name, None)
+            if section is None:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                section.validate()
+            for w in caught if name == spec.name else []:
+                warnings.warn(str(w.message), UserWarning, stacklevel=3)
+    except (InputError, OptimizerInputError) as exc:
+        raise ConfigError(str(exc)) from None
+    _choice("optim.base", normalize_name(o.base), sorted(BASE_OPTIMIZERS))
+    _number("optim.lr", o.lr, above=0)
+    _number("optim.momentum", o.momentum, low=0)
+    if o.momentum >= 1:
+        raise ConfigError(f"optim.momentum must be < 1, got {o.momentum}")
+    _number("optim.weight_decay", o.weight_decay, low=0)
+    _number("optim.rho", o.rho, low=0)
+    if o.max_grad_norm is not None:
+        _number("optim.max_grad_norm", o.max_grad_norm, above=0)
+    _choice("optim.bn_update", o.bn_update, ("both", "clean"))
+    if o.nesterov and (normalize_name(o.base) != "sgd" or o.momentum == 0):
+        raise ConfigError("optim.nesterov needs optim.base=sgd and optim.momentum > 0")
+    for key in ("epochs", "batch_size", "eval_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    _choice("train.lr_schedule", t.lr_schedule, ("cosine", "step", "constant"))
+    _choice("train.rho_schedule", t.rho_schedule, ("constant", "step"))
+    _choice("train.select", t.select, ("last", "best"))
+    _number("train.lr_decay", t.lr_decay, above=0)
+    _number("train.rho_decay", t.rho_decay, low=0)
+    _number("train.warmup_epochs", t.warmup_epochs, low=0)
+    if t.warmup_epochs > t.epochs:
+        raise ConfigError(f"train.warmup_epochs must be <= train.epochs, got {t.warmup_epochs}")
+    for key in ("lr_milestones", "rho_milestones"):
+        values = getattr(t, key)
+        if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+            raise ConfigError(f"train.{key} must be increasing epochs >= 1, got {list(values)}")
+    _choice("run.precision", r.precision, ("fp32", "bf16", "fp16"))
+    _check_device(r.device)
+    # capabilities
+    stages = [s for s in spec.later_stages if s.epochs(options) > 0]
+    if stages and normalize_name(d.name) in ("imagenet_lt", "inat2018"):
+        raise ConfigError(
+            f"{spec.name}'s {stages[0].kind} stage needs class-balanced batches, which "
+            f"{d.name} does not offer yet: set optim.{spec.name}.stage2_epochs=0"
+        )
+    channels = {"digits": 1}.get(normalize_name(d.name), 3)
+    if normalize_name(m.name) == "resnet50" and channels != 3:
+        raise ConfigError(f"model resnet50 takes 3-channel images; {d.name} has {channels}")
 
 
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N; got {device!r}")
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: TrainConfig) -> str:
+    """The whole config as YAML (what ``config.yaml`` and ``--print-config`` hold)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

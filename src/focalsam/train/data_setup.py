@@ -21,11 +21,12 @@ from focalsam.data import (
     epoch_generator,
     imagenet_lt,
     inaturalist2018,
+    verify_images,
 )
 from focalsam.metrics import default_shot_preset
-from focalsam.train.config import ConfigError, TrainConfig
+from focalsam.names import normalize_name
+from focalsam.train.config import DATASETS, ConfigError, TrainConfig
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
 DIGITS_MEAN, DIGITS_STD = (0.3,), (0.4,)
 
 
@@ -86,9 +87,9 @@ def _in_memory(
     """On-device loaders over uint8 images: the training set sharded over ranks, this
     rank's share of the test set, and a factory of class-balanced training batches.
     ``style``: layout, normalization and augmentation options of :class:`DeviceLoader`."""
-    kw: dict[str, Any] = {"device": device, "channels_last": cfg.channels_last, **style}
+    kw: dict[str, Any] = {"device": device, "channels_last": cfg.run.channels_last, **style}
     train = DeviceLoader(
-        *train_xy, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, **kw
+        *train_xy, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world_size=world, **kw
     )
     test = DeviceLoader(
         test_xy[0][rank::world], test_xy[1][rank::world], 1000,
@@ -97,7 +98,7 @@ def _in_memory(
 
     def balanced() -> DeviceLoader:
         return DeviceLoader(
-            *train_xy, cfg.batch_size, seed=cfg.seed, sampling="class_balanced", **kw
+            *train_xy, cfg.train.batch_size, seed=cfg.run.seed, sampling="class_balanced", **kw
         )
 
     return train, test, balanced
@@ -105,9 +106,9 @@ def _in_memory(
 
 def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> TrainData:
     """Training loader (sharded over ``world`` ranks) and this rank's share of the test set."""
-    name = cfg.dataset.lower().replace("-", "_")
+    name = normalize_name(cfg.data.name)
     if name == "digits":
-        d = digits_lt(cfg.imbalance_ratio, cfg.profile)  # type: ignore[arg-type]
+        d = digits_lt(cfg.data.imbalance_ratio, cfg.data.profile)  # type: ignore[arg-type]
 
         def to_u8(x: Tensor) -> Tensor:
             return (x * 255).round().to(torch.uint8)
@@ -118,8 +119,10 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         )  # fmt: skip
         return TrainData(train, test, d.class_counts.tolist(), 10, 1, 8, _preset(cfg), balanced)
     if name in ("cifar10", "cifar100"):
-        lt = cifar_lt(cfg.data_root, name, cfg.imbalance_ratio, cfg.profile, 0, cfg.download)  # type: ignore[arg-type]
-        full_test = cifar_dataset(cfg.data_root, name, train=False)
+        d_cfg = cfg.data
+        profile: Any = d_cfg.profile
+        lt = cifar_lt(d_cfg.root, name, d_cfg.imbalance_ratio, profile, 0, d_cfg.download)
+        full_test = cifar_dataset(cfg.data.root, name, train=False)
         train, test, balanced = _in_memory(
             cfg, device, rank, world, (lt.images, lt.labels), (full_test.images, full_test.labels),
             mean=CIFAR_MEAN, std=CIFAR_STD,
@@ -128,30 +131,35 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced)
     if name in ("imagenet_lt", "inat2018"):
         reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
-        train_set = reader(cfg.data_root, "train", cfg.train_list)
-        test_set = reader(cfg.data_root, "test" if name == "imagenet_lt" else "val", cfg.test_list)
+        train_set = reader(cfg.data.root, "train", cfg.data.train_list)
+        test_set = reader(
+            cfg.data.root, "test" if name == "imagenet_lt" else "val", cfg.data.test_list
+        )
+        if cfg.data.verify_images:  # every image opens, before any training is spent
+            verify_images(train_set)
+            verify_images(test_set)
         sampler: Any = None
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.run.seed)
         if world > 1:
             from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed)
-        kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
+        kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         train_loader = DataLoader(
             train_set,
-            cfg.batch_size,
+            cfg.train.batch_size,
             shuffle=sampler is None,
             sampler=sampler,
             generator=gen if sampler is None else None,
             drop_last=True,
-            persistent_workers=cfg.num_workers > 0,
+            persistent_workers=cfg.data.num_workers > 0,
             **kw,  # type: ignore[arg-type]
         )
         shard = Subset(test_set, list(range(rank, len(test_set), world)))
         test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
         counts = train_set.class_counts.tolist()
         return TrainData(
-            _EpochDataLoader(train_loader, device, cfg.seed),
+            _EpochDataLoader(train_loader, device, cfg.run.seed),
             _EpochDataLoader(test_loader, device),
             counts,
             train_set.num_classes,
@@ -159,15 +167,15 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             224,
             _preset(cfg),
         )
-    raise ConfigError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
 
 
 def _preset(cfg: TrainConfig) -> str:
-    if cfg.shot_preset:
-        return cfg.shot_preset
-    name = cfg.dataset.lower().replace("-", "_")
+    if cfg.data.shot_preset:
+        return cfg.data.shot_preset
+    name = normalize_name(cfg.data.name)
     if name == "imagenet_lt":
         return "imagenet-lt"
     if name == "inat2018":
         return "inaturalist"
-    return default_shot_preset(name, cfg.imbalance_ratio)
+    return default_shot_preset(name, cfg.data.imbalance_ratio)

@@ -1,0 +1,93 @@
+"""One epoch of training and one evaluation: a batch reads top to bottom."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from focalsam.metrics import LongTailAccuracy
+from focalsam.optim import NonFiniteLossError
+
+#: ``step(x, y) -> (per-sample losses at theta, logits)``: forward, backward passes, update
+StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class NonFiniteStep(RuntimeError):
+    """A step met a NaN/inf loss; carries the 0-based step index."""
+
+    def __init__(self, step: int, detail: str) -> None:
+        super().__init__(detail)
+        self.step = step
+
+
+def train_one_epoch(
+    step_fn: StepFn,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    start_step: int = 0,
+    after_step: Callable[[int], bool] = lambda _step: False,
+    progress: Any = None,
+    all_sum: Callable[[Tensor], Tensor] = lambda t: t,
+) -> dict[str, float]:
+    """Run ``step_fn`` over the batches of this epoch from ``start_step`` on.
+
+    ``after_step(step)`` is called after each step; returning True stops the epoch
+    there (a stop request). Returns mean loss, accuracy, images seen, steps done and
+    seconds, summed over processes with ``all_sum``.
+    """
+    totals: Tensor | None = None  # loss sum, correct, images: summed on the device, no sync
+    done = start_step
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(itertools.islice(iter(loader), start_step, None), start_step):
+        try:
+            losses, logits = step_fn(x, y)  # forward, the method's backward passes, update
+        except NonFiniteLossError as exc:
+            raise NonFiniteStep(step, str(exc)) from None
+        batch = torch.stack([
+            losses.detach().sum().double(),
+            (logits.argmax(1) == y).sum().double(),
+            losses.new_tensor(y.shape[0], dtype=torch.float64),
+        ])  # fmt: skip
+        totals = batch if totals is None else totals + batch
+        done = step + 1
+        if progress is not None:
+            progress.update(1)
+        if after_step(step):
+            break
+    elapsed = time.perf_counter() - t0
+    stats = all_sum(totals if totals is not None else torch.zeros(3, dtype=torch.float64))
+    images = float(stats[2])
+    return {
+        "train_loss": float(stats[0]) / max(images, 1.0),
+        "train_acc": float(stats[1]) / max(images, 1.0),
+        "images": images,
+        "steps": float(done),
+        "epoch_seconds": elapsed,
+        "images_per_second": images / max(elapsed, 1e-9),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    metric: LongTailAccuracy,
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Overall, many/medium/few and per-class accuracy of ``model`` (eval mode) on
+    ``loader``; ``metric`` sums over processes under DDP."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in loader:
+            with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+                logits = model(x)
+            metric.update(logits.float(), y)
+    finally:
+        model.train(was_training)
+    return metric.compute()

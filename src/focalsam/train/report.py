@@ -1,0 +1,66 @@
+"""The final figures of a run, and their one-table summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+GROUPS = ("overall", "many", "medium", "few")
+
+
+def build_report(
+    history: list[dict[str, Any]], best: dict[str, Any] | None, *, run_dir: str, method: str,
+    shot_preset: str, select: str, class_counts: list[int], config: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Last epoch and best test epoch, each labelled; ``selected`` is the one ``select`` names."""
+    evaluated = [r for r in history if "test_overall" in r]
+    last = evaluated[-1] if evaluated else None
+    out: dict[str, Any] = {
+        "run_dir": run_dir,
+        "optimizer": method,
+        "shot_preset": shot_preset,
+        "select": select,
+        "class_counts": class_counts,
+        "seconds_per_epoch": sum(r["epoch_seconds"] for r in history) / max(1, len(history)),
+        "config": config,
+    }
+    if last is not None:
+        out["last_epoch"] = {
+            "epoch": last["epoch"],
+            **{k: last[f"test_{k}"] for k in GROUPS},
+            "per_class": last["test_per_class"],
+        }
+    if best is not None:
+        out["best_test_epoch"] = {k: v for k, v in best.items() if k != "preset"}
+    out["selected"] = out.get("best_test_epoch" if select == "best" else "last_epoch")
+    return out
+
+
+def pct(value: Any, width: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a".rjust(width)
+    return f"{100 * value:{width}.2f}"
+
+
+def summary_table(rows: dict[str, dict[str, Any]], shot_preset: str, select: str) -> str:
+    """Test accuracy per group, one row per named report."""
+    lines = [
+        f"test accuracy (%), model: {select}; many/medium/few thresholds: preset {shot_preset!r}",
+        f"{'':<24}{'overall':>8}{'many':>8}{'medium':>8}{'few':>8}{'s/epoch':>9}",
+    ]
+    for name, rep in rows.items():
+        r = rep["selected"]
+        spe = rep.get("seconds_per_epoch")
+        cells = "".join(f"{pct(r[k]):>8}" for k in GROUPS)
+        lines.append(f"{name:<24}{cells}{'' if spe is None else f'{spe:9.2f}'}")
+    return "\n".join(lines)
+
+
+def epoch_line(row: dict[str, Any], total_epochs: int) -> str:
+    msg = (
+        f"epoch {row['epoch']:>4}/{total_epochs}  loss {row['train_loss']:.4f}  "
+        f"acc {row['train_acc']:.3f}  lr {row['lr']:.4g}  {row['images_per_second']:.0f} img/s"
+    )
+    if "test_overall" in row:
+        msg += "  test " + "  ".join(f"{k} {pct(row[f'test_{k}'], 5)}" for k in GROUPS)
+    return msg

@@ -1,0 +1,215 @@
+"""Build every part of a run from its config, checked before anything is written;
+the checkpoint payload and its restore."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from focalsam.metrics import LongTailAccuracy
+from focalsam.models import create_model
+from focalsam.optim import canonical_name
+from focalsam.train.checkpoint import CheckpointError, check_finite_state
+from focalsam.train.config import ConfigError, TrainConfig, to_dict
+from focalsam.train.data_setup import TrainData, build_data
+from focalsam.train.resume import experiment_changes
+from focalsam.train.runtime import RunDir, Runtime
+from focalsam.train.stages import build_stages
+
+FORMAT = "focalsam-checkpoint-2"
+
+
+@dataclass
+class RunParts:
+    """What a run is made of; the trainer only orchestrates these."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    run_dir: RunDir
+    data: TrainData
+    model: nn.Module
+    train_model: nn.Module
+    loss_fn: nn.Module
+    stages: list[Any]
+    method: str
+    _balanced: Any = field(default=None, repr=False)
+
+    def loader(self, name: str, stage_epoch: int, epoch: int) -> Any:
+        """The stage's loader, shuffled for its epoch."""
+        if name == "balanced":
+            if self._balanced is None:
+                assert self.data.make_balanced is not None
+                self._balanced = self.data.make_balanced()
+            loader = self._balanced
+        else:
+            loader = self.data.train
+            set_epoch = getattr(self.loss_fn, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)  # deferred re-weighting
+        loader.set_epoch(stage_epoch)
+        return loader
+
+    def eval_epochs(self) -> set[int]:
+        """1-based epochs always evaluated: the end of every stage."""
+        ends, total = set(), 0
+        for stage in self.stages:
+            total += stage.epochs
+            ends.add(total)
+        return ends
+
+    def new_metric(self) -> LongTailAccuracy:
+        return LongTailAccuracy(
+            self.data.num_classes, self.data.class_counts, preset=self.data.shot_preset
+        )
+
+    def non_finite_weights(self) -> list[str]:
+        return check_finite_state(self.model.state_dict())
+
+    def kept_checkpoint(self) -> str:
+        last = self.run_dir.path / "last.pt"
+        if last.exists():
+            return f"The last good checkpoint {last} was kept."
+        return "No checkpoint was written."
+
+    @contextlib.contextmanager
+    def progress(self, epoch: int, total_epochs: int, steps: int, initial: int) -> Iterator[Any]:
+        if not (self.rt.is_main and self.cfg.run.progress):
+            yield None
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=initial, leave=False, dynamic_ncols=True,
+                   desc=f"epoch {epoch + 1}/{total_epochs}")  # fmt: skip
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def describe(self, epoch: int, step: int) -> str:
+        cfg, d = self.cfg, self.cfg.data
+        if epoch or step:
+            return f"resuming {self.run_dir.path} at epoch {epoch + 1}, step {step + 1}"
+        later = sum(s.epochs for s in self.stages[1:])
+        return (
+            f"run {self.run_dir.path}: {d.name} (ratio {d.imbalance_ratio:g}), {cfg.model.name}, "
+            f"{self.method}/{cfg.optim.base}, loss {cfg.loss.name}, {cfg.train.epochs} epochs"
+            + (f" + {later} of stage 2" if later else "")
+            + f" on {self.rt.device}"
+            + (f" x {self.rt.world} processes" if self.rt.world > 1 else "")
+        )
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """``runs/NAME-METHOD-TIME``, with ``-2``, ``-3``, ... when that folder exists."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{cfg.preset or cfg.data.name}-{canonical_name(cfg.optim.name)}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def build_run(
+    cfg: TrainConfig, rt: Runtime, *, resume: str | Path | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> RunParts:  # fmt: skip
+    """Every part of the run; raises before anything is written if any input is bad."""
+    if resume is not None:
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        cfg.run.dir = str(folder)
+        assert checkpoint is not None
+        _check_same_experiment(checkpoint, cfg, folder)
+        run_dir = RunDir(folder, is_main=rt.is_main)
+    else:
+        path = Path(cfg.run.dir) if cfg.run.dir else rt.broadcast(default_run_dir(cfg))
+        run_dir = RunDir(path, is_main=rt.is_main)
+        run_dir.check_new()
+        cfg.run.dir = str(path)
+    data = build_data(cfg, rt.device, rt.rank, rt.world)
+    steps = len(data.train)
+    if steps == 0:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} leaves 0 steps per epoch: each of the "
+            f"{rt.world} process(es) has fewer training images than one batch"
+        )
+    torch.manual_seed(cfg.run.seed)
+    model = create_model(
+        cfg.model.name, data.num_classes, data.in_channels, data.image_size,
+        normed_linear=cfg.model.normed_linear,
+    ).to(rt.device)  # fmt: skip
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    train_model: nn.Module = model
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    loss_fn = cfg.loss.build(data.class_counts).to(rt.device)
+    stages = build_stages(cfg, model, train_model, loss_fn, data.class_counts, steps, rt)
+    method = canonical_name(cfg.optim.name)
+    return RunParts(cfg, rt, run_dir, data, model, train_model, loss_fn, stages, method)
+
+
+def _check_same_experiment(ckpt: dict[str, Any], cfg: TrainConfig, folder: Path) -> None:
+    if ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(
+            f"{folder / 'last.pt'} was not written by this version of focalsam "
+            f"(format {ckpt.get('format')!r}, expected {FORMAT!r})"
+        )
+    changed = experiment_changes(ckpt["config"], to_dict(cfg))
+    if changed:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
+        raise ConfigError(
+            f"the config differs from the one {folder / 'last.pt'} was made with ({shown}); "
+            "a run resumes only as it was started: start a new run for a new experiment"
+        )
+
+
+def to_payload(trainer: Any) -> dict[str, Any]:
+    """The checkpoint: weights, every stage's optimizer state, position, history, config."""
+    return {
+        "format": FORMAT,
+        "model": trainer.model.state_dict(),
+        "stages": [s.state_dict() for s in trainer.parts.stages],
+        "epoch": trainer.epoch,
+        "step_in_epoch": trainer.step_in_epoch,
+        "best": trainer.best,
+        "history": trainer.history,
+        "config": to_dict(trainer.cfg),
+    }
+
+
+def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
+    """Load ``ckpt`` into the trainer's parts; the lr schedule is replayed when the run's
+    length changed on resume (it follows the new length from the current step)."""
+    stages = trainer.parts.stages
+    same_length = ckpt["config"]["train"]["epochs"] == trainer.cfg.train.epochs
+    try:
+        trainer.model.load_state_dict(ckpt["model"])
+        if len(ckpt["stages"]) != len(stages):
+            raise ValueError(f"{len(ckpt['stages'])} stages saved, {len(stages)} in this run")
+        for stage, state in zip(stages, ckpt["stages"]):
+            stage.load_state_dict(state, keep_schedule=same_length)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint does not match this run's model or optimizer: {str(exc)[:300]}"
+        ) from None
+    trainer.epoch = int(ckpt["epoch"])
+    trainer.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+    trainer.best = ckpt.get("best")
+    trainer.history = list(ckpt.get("history", []))
+    if not same_length:
+        first = stages[0]
+        done = min(trainer.epoch, first.epochs) * len(trainer.parts.data.train)
+        if trainer.epoch < first.epochs:
+            done += trainer.step_in_epoch
+        first.fast_forward(done)

@@ -1,0 +1,177 @@
+"""The trainer: orchestrates one run of one config; every job lives elsewhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from focalsam.train.checkpoint import load_checkpoint, save_checkpoint
+from focalsam.train.config import TrainConfig, config_yaml, to_dict
+from focalsam.train.epoch import NonFiniteStep, evaluate, train_one_epoch
+from focalsam.train.report import build_report, epoch_line
+from focalsam.train.resume import resume_record
+from focalsam.train.runtime import Runtime
+from focalsam.train.setup import RunParts, build_run, restore, to_payload
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss or weights; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM (or :meth:`Trainer.request_stop`): a checkpoint was saved."""
+
+
+class Trainer:
+    """Train ``cfg`` end to end: ``with Trainer(cfg) as t: report = t.fit()``.
+
+    ``resume``: a run directory (or its checkpoint) to continue exactly, mid-epoch
+    included; ``resume_changes`` are recorded in its ``resumes.jsonl``.
+    ``on_step(trainer, epoch, step)`` runs after every optimizer step. Everything is
+    built and checked before the run directory is created. Under torchrun the
+    trainer starts the process group and :meth:`close` (or ``with``) ends it.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, *, resume: str | Path | None = None,
+        resume_changes: dict[str, Any] | None = None,
+        on_step: Callable[[Trainer, int, int], None] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:  # fmt: skip
+        self.rt = Runtime(cfg.run.device, cfg.run.precision)
+        self.on_step, self._log = on_step, log
+        try:
+            ckpt = load_checkpoint(_checkpoint_path(Path(resume))) if resume else None
+            self.parts: RunParts = build_run(cfg, self.rt, resume=resume, checkpoint=ckpt)
+            self.cfg, self.run_dir, self.model = cfg, self.parts.run_dir.path, self.parts.model
+            self.epoch, self.step_in_epoch = 0, 0
+            self.best: dict[str, Any] | None = None
+            self.history: list[dict[str, Any]] = []
+            if ckpt is not None:
+                restore(self, ckpt)
+            self.parts.run_dir.create()
+            if ckpt is None:
+                self.parts.run_dir.write_text("config.yaml", config_yaml(cfg))
+            else:
+                self.parts.run_dir.write_metrics(self.history)
+                record = resume_record(self.epoch, self.step_in_epoch, resume_changes or {})
+                self.parts.run_dir.append_line("resumes.jsonl", json.dumps(record))
+        except BaseException:
+            self.rt.close(clean=False)  # a failed set-up must not leave the group to die at exit
+            raise
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.parts.stages)
+
+    def stage_at(self, epoch: int) -> tuple[Any, int]:
+        """The stage of 0-based ``epoch`` and the epoch within it."""
+        for stage in self.parts.stages:
+            if epoch < stage.epochs:
+                return stage, epoch
+            epoch -= stage.epochs
+        raise IndexError(epoch)
+
+    def log(self, msg: str) -> None:
+        if self.rt.is_main:
+            self._log(msg)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Finish the current step, save a checkpoint and stop (what SIGINT/SIGTERM do)."""
+        self.rt.request_stop(reason)
+
+    def _after_step(self, step: int) -> bool:
+        self.step_in_epoch = step + 1
+        if self.on_step is not None:
+            self.on_step(self, self.epoch, step)
+        return self.rt.stop_reason is not None
+
+    def fit(self) -> dict[str, Any]:
+        """Train every stage to its end, evaluating every ``eval_every`` epochs and at the end."""
+        p, cfg = self.parts, self.cfg
+        self.log(p.describe(self.epoch, self.step_in_epoch))
+        with self.rt.signals():
+            while self.epoch < self.total_epochs:
+                stage, stage_epoch = self.stage_at(self.epoch)
+                row: dict[str, Any] = {"epoch": self.epoch + 1, **stage.start_epoch(stage_epoch)}
+                loader = p.loader(stage.loader_name, stage_epoch, self.epoch)
+                self.steps_in_epoch = len(loader)
+                try:
+                    with p.progress(
+                        self.epoch, self.total_epochs, len(loader), self.step_in_epoch
+                    ) as bar:
+                        row |= train_one_epoch(
+                            stage.step_fn(stage_epoch), loader, start_step=self.step_in_epoch,
+                            after_step=self._after_step, progress=bar, all_sum=self.rt.all_sum,
+                        )  # fmt: skip
+                except NonFiniteStep as exc:
+                    raise TrainingDiverged(
+                        f"non-finite loss at epoch {self.epoch + 1}, step {exc.step + 1}: {exc}. "
+                        f"{p.kept_checkpoint()}"
+                    ) from None
+                if self.rt.stop_reason is not None and self.step_in_epoch < len(loader):
+                    self._save(f"epoch {self.epoch + 1}")
+                    self._interrupted(f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                if self.epoch % cfg.train.eval_every == 0 or self.epoch in p.eval_epochs():
+                    result = evaluate(self.model, p.data.test, p.new_metric(), self.rt.autocast)
+                    row |= {f"test_{k}": result[k] for k in ("overall", "many", "medium", "few")}
+                    row["test_per_class"] = result["per_class"]
+                    improved = self.best is None or result["overall"] > self.best["overall"]
+                    self.best = {"epoch": self.epoch, **result} if improved else self.best
+                else:
+                    improved = False
+                self.history.append(row)
+                self._save(f"epoch {self.epoch}")  # the checkpoint, then the row that follows it
+                if improved and cfg.train.select == "best":
+                    self._save(f"epoch {self.epoch}", "best.pt")
+                p.run_dir.write_metrics(self.history)
+                p.run_dir.tensorboard(row, cfg.run.tensorboard)
+                self.log(epoch_line(row, self.total_epochs))
+                if self.rt.stop_reason is not None:
+                    self._interrupted(f"after epoch {self.epoch}")
+        return self.report()
+
+    def _save(self, when: str, name: str = "last.pt") -> None:
+        bad = self.parts.non_finite_weights()
+        if bad:
+            raise TrainingDiverged(
+                f"weights became NaN/inf by {when} ({', '.join(bad[:3])}); not saved. "
+                f"{self.parts.kept_checkpoint()}"
+            )
+        if self.rt.is_main:
+            save_checkpoint(to_payload(self), self.run_dir / name)
+
+    def _interrupted(self, where: str) -> None:
+        raise TrainingInterrupted(
+            f"{self.rt.stop_reason}: saved {self.run_dir / 'last.pt'} {where}; continue with "
+            f"focalsam train --resume {self.run_dir}"
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The final figures (last epoch and best test epoch, each labelled), in report.json."""
+        p = self.parts
+        out = build_report(
+            self.history, self.best, run_dir=str(self.run_dir), method=p.method,
+            shot_preset=p.data.shot_preset, select=self.cfg.train.select,
+            class_counts=p.data.class_counts, config=to_dict(self.cfg),
+        )  # fmt: skip
+        p.run_dir.write_text("report.json", json.dumps(out, indent=2))
+        return out
+
+    def close(self, *, clean: bool = True) -> None:
+        """End the process group this trainer started; safe to call twice."""
+        self.parts.run_dir.close() if hasattr(self, "parts") else None
+        self.rt.close(clean=clean)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(clean=exc_type is None)
+
+
+def _checkpoint_path(resume: Path) -> Path:
+    return resume / "last.pt" if resume.is_dir() else resume
