@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from focalsam.errors import InputError
@@ -80,6 +80,10 @@ def create_loss(
         raise TypeError(f"loss {name!r} ({cls.__name__}): {e}") from e
 
 
+def _h(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class LossOptions:
     """A loss by name and its typed settings (each used by the losses named beside it).
@@ -88,15 +92,15 @@ class LossOptions:
     settings that loss takes, per sample (``reduction="none"``).
     """
 
-    name: str = "ce"
-    tau: float = 1.0  # logit_adjustment, vs
-    max_margin: float = 0.5  # ldam, ldam_drw
-    scale: float = 30.0  # ldam, ldam_drw
-    vs_gamma: float = 0.3  # vs
-    focal_gamma: float = 1.0  # focal
-    drw_start_epoch: int | None = None  # any loss; ldam_drw: 160 when unset
-    drw_beta: float = 0.9999
-    class_balanced_beta: float | None = None
+    name: str = _h("ce", "ce | logit_adjustment | ldam | ldam_drw | vs | balanced_softmax | focal")
+    tau: float = _h(1.0, "logit_adjustment, vs: temperature of the prior")
+    max_margin: float = _h(0.5, "ldam, ldam_drw: the largest margin")
+    scale: float = _h(30.0, "ldam, ldam_drw: logit scale")
+    vs_gamma: float = _h(0.3, "vs: multiplicative exponent")
+    focal_gamma: float = _h(1.0, "focal: focusing exponent")
+    drw_start_epoch: int | None = _h(None, "deferred re-weighting from this epoch (ldam_drw: 160)")
+    drw_beta: float = _h(0.9999, "deferred re-weighting: effective-number beta")
+    class_balanced_beta: float | None = _h(None, "fixed class-balanced weights with this beta")
 
     def validate(self) -> None:
         if normalize_name(self.name) not in _REGISTRY:

@@ -4,6 +4,7 @@ the checkpoint payload and its restore."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,9 +18,9 @@ from focalsam.metrics import LongTailAccuracy
 from focalsam.models import create_model
 from focalsam.optim import canonical_name
 from focalsam.train.checkpoint import CheckpointError, check_finite_state
-from focalsam.train.config import ConfigError, TrainConfig, to_dict
+from focalsam.train.config import ConfigError, TrainConfig, config_yaml, to_dict
 from focalsam.train.data_setup import TrainData, build_data
-from focalsam.train.resume import experiment_changes
+from focalsam.train.resume import experiment_changes, resume_record
 from focalsam.train.runtime import RunDir, Runtime
 from focalsam.train.stages import build_stages
 
@@ -55,6 +56,27 @@ class RunParts:
                 set_epoch(epoch)  # deferred re-weighting
         loader.set_epoch(stage_epoch)
         return loader
+
+    def stage_at(self, epoch: int) -> tuple[Any, int]:
+        """The stage of 0-based ``epoch`` and the epoch within it."""
+        for stage in self.stages:
+            if epoch < stage.epochs:
+                return stage, epoch
+            epoch -= stage.epochs
+        raise IndexError(epoch)
+
+    def open_run_dir(
+        self, resumed: tuple[int, int, list[dict[str, Any]]] | None, changes: dict[str, Any]
+    ) -> None:
+        """Create the run directory with its config; a resume instead rewrites the metrics
+        from the checkpoint's history and records its changes in ``resumes.jsonl``."""
+        self.run_dir.create()
+        if resumed is None:
+            self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
+            return
+        epoch, step, history = resumed
+        self.run_dir.write_metrics(history)
+        self.run_dir.append_line("resumes.jsonl", json.dumps(resume_record(epoch, step, changes)))
 
     def eval_epochs(self) -> set[int]:
         """1-based epochs always evaluated: the end of every stage."""

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from focalsam.train.checkpoint import load_checkpoint, save_checkpoint
-from focalsam.train.config import TrainConfig, config_yaml, to_dict
+from focalsam.train.config import TrainConfig, to_dict
 from focalsam.train.epoch import NonFiniteStep, evaluate, train_one_epoch
 from focalsam.train.report import build_report, epoch_line
-from focalsam.train.resume import resume_record
 from focalsam.train.runtime import Runtime
 from focalsam.train.setup import RunParts, build_run, restore, to_payload
 
@@ -51,13 +50,8 @@ class Trainer:
             self.history: list[dict[str, Any]] = []
             if ckpt is not None:
                 restore(self, ckpt)
-            self.parts.run_dir.create()
-            if ckpt is None:
-                self.parts.run_dir.write_text("config.yaml", config_yaml(cfg))
-            else:
-                self.parts.run_dir.write_metrics(self.history)
-                record = resume_record(self.epoch, self.step_in_epoch, resume_changes or {})
-                self.parts.run_dir.append_line("resumes.jsonl", json.dumps(record))
+            resumed = None if ckpt is None else (self.epoch, self.step_in_epoch, self.history)
+            self.parts.open_run_dir(resumed, resume_changes or {})
         except BaseException:
             self.rt.close(clean=False)  # a failed set-up must not leave the group to die at exit
             raise
@@ -65,14 +59,6 @@ class Trainer:
     @property
     def total_epochs(self) -> int:
         return sum(s.epochs for s in self.parts.stages)
-
-    def stage_at(self, epoch: int) -> tuple[Any, int]:
-        """The stage of 0-based ``epoch`` and the epoch within it."""
-        for stage in self.parts.stages:
-            if epoch < stage.epochs:
-                return stage, epoch
-            epoch -= stage.epochs
-        raise IndexError(epoch)
 
     def log(self, msg: str) -> None:
         if self.rt.is_main:
@@ -94,7 +80,7 @@ class Trainer:
         self.log(p.describe(self.epoch, self.step_in_epoch))
         with self.rt.signals():
             while self.epoch < self.total_epochs:
-                stage, stage_epoch = self.stage_at(self.epoch)
+                stage, stage_epoch = p.stage_at(self.epoch)
                 row: dict[str, Any] = {"epoch": self.epoch + 1, **stage.start_epoch(stage_epoch)}
                 loader = p.loader(stage.loader_name, stage_epoch, self.epoch)
                 self.steps_in_epoch = len(loader)
