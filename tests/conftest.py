@@ -185,3 +185,19 @@ def check_bf16_resnet32_step(
     assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def demo_config(run_dir: Path, **overrides: Any) -> Any:
+    """The demo preset, 2 epochs evaluated each, quiet, in ``run_dir`` (short or dotted keys)."""
+    from focalsam.train import make_config
+
+    base = {"epochs": 2, "eval_every": 1, "run_dir": str(run_dir), "progress": False,
+            "tensorboard": False}  # fmt: skip
+    return make_config("demo", overrides={**base, **overrides})
+
+
+def silent_trainer(cfg: Any, **kw: Any) -> Any:
+    """A Trainer that logs nothing."""
+    from focalsam.train import Trainer
+
+    return Trainer(cfg, log=lambda _m: None, **kw)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_cifar import dump_pickle, make_cifar_archive, make_fake_cifar10, make_fake_cifar100
 
 from focalsam.data import (
     cifar_class_names,
@@ -27,45 +28,6 @@ from focalsam.data import (
 
 SHARED = Path(os.environ.get("FOCALSAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SHARED_CIFAR10 = SHARED / "data" / "cifar10"
-
-
-def _dump(path: Path, obj: dict) -> None:
-    # protocol 2 with bytes keys: what Python 2 wrote, read back as bytes keys
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def _fake_images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
-
-
-def make_fake_cifar10(root: Path, per_batch: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``root/cifar-10-batches-py`` in the official structure; return train data/labels."""
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    datas, labels = [], []
-    for b in range(1, 6):
-        data = _fake_images(per_batch, b)
-        lab = [(i + b) % 10 for i in range(per_batch)]
-        _dump(d / f"data_batch_{b}", {b"batch_label": b"x", b"labels": lab, b"data": data})
-        datas.append(data)
-        labels += lab
-    test = _fake_images(10, 99)
-    _dump(d / "test_batch", {b"labels": list(range(10)), b"data": test})
-    names = [f"class{i}".encode() for i in range(10)]
-    _dump(d / "batches.meta", {b"label_names": names, b"num_vis": 3072})
-    return np.concatenate(datas), np.array(labels)
-
-
-def make_fake_cifar100(root: Path, n: int = 200) -> None:
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    fine = [i % 100 for i in range(n)]
-    _dump(
-        d / "train", {b"data": _fake_images(n, 1), b"fine_labels": fine, b"coarse_labels": [0] * n}
-    )
-    _dump(d / "test", {b"data": _fake_images(100, 2), b"fine_labels": list(range(100))})
-    _dump(d / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
 
 
 def test_load_cifar10_layout_and_pixels(tmp_path):
@@ -142,7 +104,7 @@ def test_malformed_files(tmp_path, content, match):
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
-        _dump(path, content)  # type: ignore[arg-type]
+        dump_pickle(path, content)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=match) as e:
         load_cifar(tmp_path)
     assert str(path) in str(e.value)
@@ -161,17 +123,8 @@ def test_unpickler_refuses_arbitrary_globals(tmp_path):
         load_cifar(tmp_path)
 
 
-def _make_archive(tmp_path: Path) -> tuple[Path, str]:
-    src = tmp_path / "src"
-    make_fake_cifar10(src)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
-
-
 def test_download_from_file_url(tmp_path):
-    archive, md5 = _make_archive(tmp_path)
+    archive, md5 = make_cifar_archive(tmp_path)
     dest = tmp_path / "dest"
     folder = download_cifar(dest, "cifar10", url=archive.as_uri(), md5=md5)
     assert folder == dest / "cifar-10-batches-py"
@@ -182,7 +135,7 @@ def test_download_from_file_url(tmp_path):
 
 
 def test_download_checksum_mismatch(tmp_path):
-    archive, _ = _make_archive(tmp_path)
+    archive, _ = make_cifar_archive(tmp_path)
     dest = tmp_path / "dest"
     with pytest.raises(ValueError, match="checksum mismatch") as e:
         download_cifar(dest, "cifar10", url=archive.as_uri(), md5="0" * 32)
@@ -196,7 +149,7 @@ def test_download_unreachable(tmp_path):
 
 
 def test_load_with_download_flag(tmp_path, monkeypatch):
-    archive, md5 = _make_archive(tmp_path)
+    archive, md5 = make_cifar_archive(tmp_path)
     import focalsam.data.cifar as cifar_mod
 
     spec = cifar_mod.CIFAR_SPECS["cifar10"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_cifar import make_cifar_archive, make_fake_cifar10
 
 import focalsam.data.cifar as cifar_mod
 from focalsam.data import (
@@ -32,16 +33,8 @@ from focalsam.errors import InputError
 
 
 def _write_cifar10(root: Path, per_batch: int = 10) -> Path:
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        obj = {b"data": data, b"labels": [i % 10 for i in range(per_batch)]}
-        (d / name).write_bytes(pickle.dumps(obj, protocol=2))
-    names = {b"label_names": [f"c{i}".encode() for i in range(10)]}
-    (d / "batches.meta").write_bytes(pickle.dumps(names, protocol=2))
-    return d
+    make_fake_cifar10(root, per_batch)
+    return root / "cifar-10-batches-py"
 
 
 def _one_line(err: BaseException) -> str:
@@ -165,24 +158,15 @@ def test_http_error_download(tmp_path, monkeypatch):
         download_cifar(tmp_path, "cifar100")
 
 
-def _archive(tmp_path: Path) -> tuple[Path, str]:
-    src = tmp_path / "src"
-    _write_cifar10(src)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
-
-
 def test_checksum_mismatch_is_a_data_error(tmp_path):
-    archive, _ = _archive(tmp_path)
+    archive, _ = make_cifar_archive(tmp_path)
     with pytest.raises(DataError, match="checksum mismatch") as e:
         download_cifar(tmp_path / "dest", url=archive.as_uri(), md5="0" * 32)
     assert "by hand" in _one_line(e.value)
 
 
 def test_corrupt_archive_is_a_data_error(tmp_path):
-    archive, _ = _archive(tmp_path)
+    archive, _ = make_cifar_archive(tmp_path)
     cut = tmp_path / "cut" / archive.name
     cut.parent.mkdir()
     cut.write_bytes(archive.read_bytes()[:200])

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_gloo
+from conftest import demo_config, run_gloo, silent_trainer
 
 from focalsam.cli import main
 from focalsam.errors import InputError
 from focalsam.train import (
     CheckpointError,
     ConfigError,
-    Trainer,
     TrainingDiverged,
     TrainingInterrupted,
     get_preset,
@@ -27,16 +26,7 @@ from focalsam.train import (
     save_checkpoint,
 )
 
-QUIET = {"progress": False, "tensorboard": False}
-
-
-def small_cfg(run_dir: Path, **kw):
-    overrides = {"epochs": 2, "eval_every": 1, "run_dir": str(run_dir), **QUIET, **kw}
-    return make_config("demo", overrides=overrides)
-
-
-def silent(cfg, **kw):
-    return Trainer(cfg, log=lambda _m: None, **kw)
+small_cfg, silent = demo_config, silent_trainer
 
 
 # ------------------------------------------------------------------ config

@@ -9,27 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import demo_config, silent_trainer
 
 from focalsam.cli import main
 from focalsam.errors import InputError
 from focalsam.train import (
     ConfigError,
-    Trainer,
     TrainingDiverged,
     load_checkpoint,
     make_config,
 )
 
-QUIET = {"progress": False, "tensorboard": False}
+silent = silent_trainer
 
 
 def cfg_of(run_dir: Path, **kw):
-    return make_config("demo", overrides={"epochs": 2, "eval_every": 1, "run_dir": str(run_dir),
-                                          "model": "mlp", **QUIET, **kw})  # fmt: skip
-
-
-def silent(cfg, **kw):
-    return Trainer(cfg, log=lambda _m: None, **kw)
+    return demo_config(run_dir, model="mlp", **kw)
 
 
 def epochs_in(run: Path) -> list[int]:
