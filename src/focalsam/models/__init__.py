@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from focalsam.errors import InputError
 from focalsam.models.resnet_cifar import NormedLinear, ResNetCIFAR, resnet32
 from focalsam.models.small import MLP, SmallCNN
+from focalsam.names import normalize_name
 
 MODELS = ("resnet32", "resnet50", "small_cnn", "mlp")
 
@@ -18,7 +20,7 @@ def create_model(
     normed_linear: bool = False,
 ) -> nn.Module:
     """Build a model by name; every model has ``features(x)`` and a head ``fc``."""
-    key = name.lower().replace("-", "_")
+    key = normalize_name(name)
     if key == "resnet32":
         return ResNetCIFAR(5, num_classes, normed_linear=normed_linear, in_channels=in_channels)
     if key == "small_cnn":
@@ -34,7 +36,7 @@ def create_model(
         if normed_linear:
             model.fc = NormedLinear(model.fc.in_features, num_classes)  # type: ignore[assignment]
         return model
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    raise InputError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
 
 
 __all__ = [
