@@ -29,12 +29,10 @@ from focalsam.metrics import SHOT_PRESETS
 from focalsam.models import MODELS
 from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
+from focalsam.train.errors import ConfigError
+from focalsam.train.presets import get_preset, list_presets
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
-
-
-class ConfigError(InputError):
-    """A configuration key or value is not valid."""
 
 
 def _f(default: Any, help: str) -> Any:
@@ -235,8 +233,6 @@ def make_config(
     >>> cfg.optim.lr, cfg.optim.focal_sam.gamma, cfg.optim.focal_sam.lam
     (0.05, 2.0, 0.5)
     """
-    from focalsam.train.presets import get_preset
-
     loaded = read_yaml(yaml_file) if yaml_file is not None else {}
     if isinstance(overrides, dict):
         flat = {expand_key(k): v for k, v in overrides.items()}
@@ -294,7 +290,6 @@ def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
 def validate_config(cfg: TrainConfig) -> None:
     """Every range, name and capability check; raises :class:`ConfigError`."""
     from focalsam.optim import OptimizerInputError
-    from focalsam.train.presets import list_presets
 
     d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.run
     if cfg.preset is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from focalsam.train.errors import ConfigError
+
 
 def _cifar(dataset: str, weight_decay: float, focal: dict[str, float], eta: float,
            ccsam: dict[str, float]) -> dict[str, Any]:  # fmt: skip
@@ -76,8 +78,6 @@ DESCRIPTIONS = {
 
 def get_preset(name: str) -> dict[str, Any]:
     """The sections a preset sets (a copy)."""
-    from focalsam.train.config import ConfigError
-
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name])
