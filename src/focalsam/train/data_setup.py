@@ -43,12 +43,44 @@ class TrainData:
     shot_preset: str
     # class-balanced batches over the same training set (CC-SAM's stage 2)
     make_balanced: Callable[[], Any] | None = field(default=None, repr=False)
+    # "train" | "test" -> the split without augmentation, for analysis
+    split: Callable[[str], SplitSource] | None = field(default=None, repr=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.train.set_epoch(epoch)
 
     def steps_per_epoch(self) -> int:
         return len(self.train)
+
+
+class SplitSource:
+    """A whole split, unaugmented and in order: its ``labels`` and the batches of any
+    subset of it (on the device), for measures that pick their own samples."""
+
+    def __init__(self, labels: Any, make_batches: Callable[[np.ndarray, int], list[Any]]) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._make = make_batches
+
+    def batches(self, indices: np.ndarray, batch_size: int = 256) -> list[tuple[Tensor, Tensor]]:
+        return self._make(np.asarray(indices, dtype=np.int64), batch_size)
+
+
+def _array_source(images: Any, labels: Any, **kw: Any) -> SplitSource:
+    def make(idx: np.ndarray, batch_size: int) -> list[Any]:
+        index = torch.as_tensor(idx)
+        x, y = torch.as_tensor(images)[index], torch.as_tensor(np.asarray(labels))[index]
+        loader = DeviceLoader(x, y, batch_size, sampling="sequential", augment=False, **kw)
+        return list(loader)
+
+    return SplitSource(labels, make)
+
+
+def _dataset_source(dataset: Any, device: torch.device) -> SplitSource:
+    def make(idx: np.ndarray, batch_size: int) -> list[Any]:
+        loader = DataLoader(Subset(dataset, idx.tolist()), batch_size, shuffle=False)
+        return [(x.to(device), y.to(device)) for x, y in loader]
+
+    return SplitSource(dataset.labels, make)
 
 
 class _EpochDataLoader:
@@ -83,9 +115,10 @@ def _in_memory(
     train_xy: tuple[Any, Any],
     test_xy: tuple[Any, Any],
     **style: Any,
-) -> tuple[DeviceLoader, DeviceLoader, Callable[[], DeviceLoader]]:
+) -> tuple[DeviceLoader, DeviceLoader, Callable[[], DeviceLoader], Callable[[str], SplitSource]]:
     """On-device loaders over uint8 images: the training set sharded over ranks, this
-    rank's share of the test set, and a factory of class-balanced training batches.
+    rank's share of the test set, a factory of class-balanced training batches and the
+    unaugmented splits.
     ``style``: layout, normalization and augmentation options of :class:`DeviceLoader`."""
     kw: dict[str, Any] = {"device": device, "channels_last": cfg.run.channels_last, **style}
     train = DeviceLoader(
@@ -101,7 +134,10 @@ def _in_memory(
             *train_xy, cfg.train.batch_size, seed=cfg.run.seed, sampling="class_balanced", **kw
         )
 
-    return train, test, balanced
+    def split(name: str) -> SplitSource:
+        return _array_source(*(train_xy if name == "train" else test_xy), **kw)
+
+    return train, test, balanced, split
 
 
 def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> TrainData:
@@ -113,22 +149,23 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         def to_u8(x: Tensor) -> Tensor:
             return (x * 255).round().to(torch.uint8)
 
-        train, test, balanced = _in_memory(
+        train, test, balanced, split = _in_memory(
             cfg, device, rank, world, (to_u8(d.x_train), d.y_train), (to_u8(d.x_test), d.y_test),
             layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, padding=1, flip=False,
         )  # fmt: skip
-        return TrainData(train, test, d.class_counts.tolist(), 10, 1, 8, _preset(cfg), balanced)
+        counts = d.class_counts.tolist()
+        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg), balanced, split)
     if name in ("cifar10", "cifar100"):
         d_cfg = cfg.data
         profile: Any = d_cfg.profile
         lt = cifar_lt(d_cfg.root, name, d_cfg.imbalance_ratio, profile, 0, d_cfg.download)
         full_test = cifar_dataset(cfg.data.root, name, train=False)
-        train, test, balanced = _in_memory(
+        train, test, balanced, split = _in_memory(
             cfg, device, rank, world, (lt.images, lt.labels), (full_test.images, full_test.labels),
             mean=CIFAR_MEAN, std=CIFAR_STD,
         )  # fmt: skip
         counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
-        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced)
+        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced, split)
     if name in ("imagenet_lt", "inat2018"):
         reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
         train_set = reader(cfg.data.root, "train", cfg.data.train_list)
@@ -158,6 +195,15 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         shard = Subset(test_set, list(range(rank, len(test_set), world)))
         test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
         counts = train_set.class_counts.tolist()
+
+        def list_split(split_name: str) -> SplitSource:
+            from focalsam.data.transforms import imagenet_test_transform
+
+            plain = reader(
+                cfg.data.root, "train", cfg.data.train_list, transform=imagenet_test_transform()
+            )
+            return _dataset_source(plain if split_name == "train" else test_set, device)
+
         return TrainData(
             _EpochDataLoader(train_loader, device, cfg.run.seed),
             _EpochDataLoader(test_loader, device),
@@ -166,6 +212,7 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             3,
             224,
             _preset(cfg),
+            split=list_split,
         )
     raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
 

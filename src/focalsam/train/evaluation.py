@@ -1,13 +1,19 @@
-"""``focalsam eval``: a run's weights on its test set, reading the run and writing nothing."""
+"""Reading a finished run back (``focalsam eval``, ``focalsam analyze``): its config,
+data and weights, with nothing written."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from focalsam.metrics import LongTailAccuracy
 from focalsam.models import create_model
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint
-from focalsam.train.data_setup import build_data
+from focalsam.train.config import TrainConfig
+from focalsam.train.data_setup import TrainData, build_data
 from focalsam.train.epoch import evaluate
 from focalsam.train.resume import load_run_config
 from focalsam.train.runtime import Runtime
@@ -20,18 +26,26 @@ def checkpoint_of(run: Path, which: str) -> Path:
     return Path(which)
 
 
-def evaluate_run(
-    run: str | Path, checkpoint: str = "last", device: str | None = None
-) -> dict[str, Any]:
-    """Overall, many/medium/few and per-class test accuracy of a run's checkpoint.
+@dataclass
+class LoadedRun:
+    """A run as its config builds it, with the checkpoint's weights loaded."""
 
-    The run's ``config.yaml`` says how to build the data and the model; ``device``
-    changes only where this evaluation runs. Nothing is written.
-    """
+    cfg: TrainConfig
+    model: nn.Module
+    data: TrainData
+    checkpoint: Path
+    payload: dict[str, Any]
+    rt: Runtime
+
+
+def load_run(run: str | Path, checkpoint: str = "last", device: str | None = None) -> LoadedRun:
+    """Build a run's data and model from its ``config.yaml`` and load a checkpoint;
+    ``device`` changes only where this happens. Reads, never writes. The caller
+    closes ``.rt`` (one process: a no-op)."""
     cfg = load_run_config(Path(run))
     if device is not None:
         cfg.run.device = device
-    cfg.data.verify_images = False  # only the test images are read, and they were checked
+    cfg.data.verify_images = False  # only reading; the images were checked at training
     path = checkpoint_of(Path(run), checkpoint)
     rt = Runtime(cfg.run.device, cfg.run.precision)
     try:
@@ -49,15 +63,26 @@ def evaluate_run(
                 f"checkpoint {path} is for another model than {cfg.model.name} with "
                 f"{data.num_classes} classes ({first})"
             ) from None
-        from focalsam.metrics import LongTailAccuracy
+    except BaseException:
+        rt.close(clean=False)
+        raise
+    return LoadedRun(cfg, model, data, path, payload, rt)
 
+
+def evaluate_run(
+    run: str | Path, checkpoint: str = "last", device: str | None = None
+) -> dict[str, Any]:
+    """Overall, many/medium/few and per-class test accuracy of a run's checkpoint."""
+    loaded = load_run(run, checkpoint, device)
+    try:
+        data = loaded.data
         metric = LongTailAccuracy(data.num_classes, data.class_counts, preset=data.shot_preset)
-        result = evaluate(model, data.test, metric, rt.autocast)
+        result = evaluate(loaded.model, data.test, metric, loaded.rt.autocast)
     finally:
-        rt.close()
+        loaded.rt.close()
     return {
-        "checkpoint": str(path),
-        "epoch": payload.get("epoch"),
+        "checkpoint": str(loaded.checkpoint),
+        "epoch": loaded.payload.get("epoch"),
         "shot_preset": data.shot_preset,
         **result,
     }
