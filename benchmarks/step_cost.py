@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians, sync
 
 from focalsam.models import resnet32
 from focalsam.optim import create_optimizer
@@ -38,32 +37,7 @@ COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 COUNTS100 = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 SGD_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
-
-
-def interleaved_medians(
-    steps: dict[str, Callable[[], object]],
-    device: torch.device,
-    rounds: int,
-    steps_per_round: int = 1,
-) -> dict[str, float]:
-    """Median seconds per call of each step; the steps take turns, round by round, so a
-    noisy machine slows them all alike."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            for _ in range(steps_per_round):
-                _sync(device)
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def long_tailed_batch(
@@ -208,7 +182,7 @@ def measure(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             fn()
-            _sync(device)
+            sync(device)
             peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
     med = interleaved_medians(steps, device, rounds, steps_per_round)
     result = {
