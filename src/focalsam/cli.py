@@ -1,4 +1,4 @@
-"""The ``focalsam`` command: ``train``, ``demo``, ``eval``, ``presets``.
+"""The ``focalsam`` command: ``train``, ``demo``, ``eval``, ``analyze``, ``presets``.
 
 A bare ``focalsam train`` (or ``focalsam demo``) runs the offline demo. Bad
 input of any kind is one line on stderr and exit code 2, with nothing written;
@@ -98,7 +98,78 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     sub.add_parser("presets", help="list the presets and the optimizers")
+    _analyze_parser(sub)
     return parser
+
+
+def _analyze_parser(sub: Any) -> None:
+    from focalsam.analysis.run import MEASURES, AnalysisSettings
+
+    d = AnalysisSettings()
+    an = sub.add_parser(
+        "analyze", help="per-class Hessian, sharpness and loss landscapes of runs, side by side",
+        description="Measure trained runs per class or shot group and write analysis.json and "
+        "figures into --out (never into a run). Finished measures in --out are kept.",
+    )  # fmt: skip
+    an.add_argument("runs", nargs="+", metavar="RUN", help="run directories (focalsam train)")
+    an.add_argument("--out", required=True, help="folder for analysis.json and the PNGs")
+    an.add_argument(
+        "--measure",
+        default=",".join(d.measures),
+        help=f"comma list of {', '.join(MEASURES)} (loss and gradient norm always)",
+    )
+    an.add_argument(
+        "--classes",
+        default=d.classes,
+        help="head,tail | many,medium,few | class indices like 0,5,9",
+    )
+    an.add_argument("--split", default=d.split, choices=("train", "test"))
+    an.add_argument("--samples-per-class", type=int, default=d.samples_per_class)
+    an.add_argument("--seed", type=int, default=d.seed)
+    an.add_argument("--checkpoint", default=d.checkpoint, help="last | best | a .pt file")
+    an.add_argument("--device", default=None, help="where to compute (default: the run's)")
+    an.add_argument("--top-k", type=int, default=d.top_k, help="top Hessian eigenvalues")
+    an.add_argument("--max-iter", type=int, default=d.max_iter, help="power-iteration cap")
+    an.add_argument("--tol", type=float, default=d.tol, help="relative tolerance")
+    an.add_argument("--trace-probes", type=int, default=d.trace_probes)
+    an.add_argument("--lanczos-steps", type=int, default=d.lanczos_steps)
+    an.add_argument("--density-probes", type=int, default=d.density_probes)
+    an.add_argument("--rho", default=",".join(f"{r:g}" for r in d.rhos), help="sharpness radii")
+    an.add_argument("--grid", type=int, default=d.grid, help="landscape points per axis")
+    an.add_argument("--span", type=float, default=d.span, help="landscape range [-span, span]")
+    an.add_argument("--no-progress", action="store_true", help="no progress bar")
+    an.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    return None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from focalsam.analysis.run import AnalysisSettings, analyze
+
+    try:
+        rhos = tuple(float(r) for r in args.rho.split(",") if r.strip())
+    except ValueError:
+        raise InputError(f"--rho must be a comma list of numbers, got {args.rho!r}") from None
+    settings = AnalysisSettings(
+        measures=tuple(m.strip() for m in args.measure.split(",") if m.strip()),
+        classes=args.classes, split=args.split, samples_per_class=args.samples_per_class,
+        seed=args.seed, checkpoint=args.checkpoint, top_k=args.top_k, max_iter=args.max_iter,
+        tol=args.tol, trace_probes=args.trace_probes, lanczos_steps=args.lanczos_steps,
+        density_probes=args.density_probes, rhos=rhos, grid=args.grid, span=args.span,
+        device=args.device,
+    )  # fmt: skip
+    doc = analyze(args.runs, args.out, settings, progress=not args.no_progress)
+    for label, run in doc["runs"].items():
+        for name, slot in run["targets"].items():
+            top = slot.get("hessian", {}).get("values", [None])[0]
+            trace = slot.get("trace", {}).get("mean")
+            parts = [f"loss {slot['basic']['loss']:.4f}"]
+            parts += [f"top eigenvalue {top:.4g}"] if top is not None else []
+            parts += [f"trace {trace:.4g}"] if trace is not None else []
+            print(f"{label:<12} {name:<18} " + "  ".join(parts))
+    print(f"analysis: {Path(args.out) / 'analysis.json'}")
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "presets":
             return cmd_presets()
+        if args.command == "analyze":
+            return cmd_analyze(args)
         parser.print_help()
         return 2
     except InputError as exc:
