@@ -118,3 +118,22 @@ def test_out_inside_a_run_and_unreadable_runs_are_refused(runs, tmp_path, capsys
     rc = main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), *SMALL])
     assert rc == 2 and "config.yaml not found" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_targets_name_classes_head_to_tail_and_refuse_an_empty_class():
+    import numpy as np
+
+    from focalsam.analysis.targets import resolve_targets, sample_indices
+    from focalsam.errors import InputError
+
+    counts = [500, 120, 40, 6]
+    targets = resolve_targets("few,many,medium", counts, "standard")
+    assert [(t.name, t.classes) for t in targets] == [
+        ("many", (0, 1)), ("medium", (2,)), ("few", (3,)),
+    ]  # fmt: skip
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    idx = sample_indices(labels, targets[0], 1, seed=0, split="test")
+    assert sorted(labels[idx].tolist()) == [0, 1]
+    assert sample_indices(labels, targets[0], 1, 0, "test").tolist() == idx.tolist()
+    with pytest.raises(InputError, match="class 3 \\(few\\) has no samples in the test split"):
+        sample_indices(labels, targets[2], 5, seed=0, split="test")

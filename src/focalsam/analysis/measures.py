@@ -8,7 +8,11 @@ import torch
 
 from focalsam.analysis.density import spectral_density
 from focalsam.analysis.hessian import hessian_trace, top_eigenvalues
-from focalsam.analysis.landscape import filter_normalized_direction, loss_landscape_2d
+from focalsam.analysis.landscape import (
+    filter_normalized_direction,
+    loss_landscape_1d,
+    loss_landscape_2d,
+)
 from focalsam.analysis.sharpness import loss_and_grad_norm, sam_sharpness
 
 
@@ -45,7 +49,10 @@ def run_measure(measure: str, ctx: Any, batches: list[Any]) -> dict[str, Any]:
         d2 = filter_normalized_direction(model, seed=s.seed + 1, params=params)
         alphas = torch.linspace(-s.span, s.span, s.grid).tolist()
         grid = loss_landscape_2d(model, loss, batches, d1, d2, alphas, alphas, params=params)
+        line = torch.linspace(-s.span, s.span, 4 * s.grid - 3).tolist()  # finer, along d1
         return {
+            "alphas_1d": line,
+            "loss_1d": loss_landscape_1d(model, loss, batches, d1, line, params=params).tolist(),
             "alphas": alphas,
             "betas": alphas,
             "loss": grid.tolist(),  # loss[j][i]: alphas[i] along d1, betas[j] along d2
