@@ -55,11 +55,28 @@ class TrainData:
 
 class SplitSource:
     """A whole split, unaugmented and in order: its ``labels`` and the batches of any
-    subset of it (on the device), for measures that pick their own samples."""
+    subset of it (on the device), for measures that pick their own samples.
 
-    def __init__(self, labels: Any, make_batches: Callable[[np.ndarray, int], list[Any]]) -> None:
+    In-memory splits also give their uint8 ``images`` as ``(N, H, W, C)`` and
+    :meth:`with_images` the same split over other images (e.g. corrupted copies).
+    """
+
+    def __init__(
+        self,
+        labels: Any,
+        make_batches: Callable[[np.ndarray, int], list[Any]],
+        images: np.ndarray | None = None,
+        with_images: Callable[[np.ndarray], SplitSource] | None = None,
+    ) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         self._make = make_batches
+        self.images = images
+        self._with_images = with_images
+
+    def with_images(self, images: np.ndarray) -> SplitSource:
+        if self._with_images is None:
+            raise ConfigError("this split is read from image files, not held in memory")
+        return self._with_images(images)
 
     def batches(self, indices: np.ndarray, batch_size: int = 256) -> list[tuple[Tensor, Tensor]]:
         return self._make(np.asarray(indices, dtype=np.int64), batch_size)
@@ -72,7 +89,14 @@ def _array_source(images: Any, labels: Any, **kw: Any) -> SplitSource:
         loader = DeviceLoader(x, y, batch_size, sampling="sequential", augment=False, **kw)
         return list(loader)
 
-    return SplitSource(labels, make)
+    nchw = kw.get("layout") == "NCHW"
+    array = np.asarray(torch.as_tensor(images))
+    nhwc = array.transpose(0, 2, 3, 1) if nchw else array
+
+    def other(new: np.ndarray) -> SplitSource:
+        return _array_source(new.transpose(0, 3, 1, 2) if nchw else new, labels, **kw)
+
+    return SplitSource(labels, make, nhwc, other)
 
 
 def _dataset_source(dataset: Any, device: torch.device) -> SplitSource:
