@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default="last", help="last | best | a .pt file")
     ev.add_argument("--device", default=None, help="where to evaluate (the run is not changed)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    rob = ev.add_argument_group("corruptions (writes only into --out)")
+    rob.add_argument(
+        "--corruptions",
+        metavar="generate|DIR",
+        help="generate (in-memory test sets) or a CIFAR-10-C / ImageNet-C folder",
+    )
+    rob.add_argument("--out", help="folder for corruptions.json and corruptions.png")
+    rob.add_argument("--severities", default="1-5", help="1-5, or a list like 0,3 (0: clean)")
+    rob.add_argument("--corruption-list", help="comma list (default: the 15 standard ones)")
+    rob.add_argument("--corruption-seed", type=int, default=0, help="seed of generated ones")
+    rob.add_argument("--cache", help="cache of generated images (default: OUT/cache)")
     ev.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
@@ -211,12 +222,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from focalsam.train.evaluation import evaluate_run
     from focalsam.train.report import summary_table
 
+    if args.corruptions or args.out:
+        return cmd_eval_corruptions(args)
     result = evaluate_run(args.run_dir, args.checkpoint, args.device)
     if args.json:
         print(json.dumps(result))
     else:
         label = f"{Path(result['checkpoint']).name}, epoch {result['epoch']}"
         print(summary_table({label: {"selected": result}}, result["shot_preset"], "checkpoint"))
+    return 0
+
+
+def cmd_eval_corruptions(args: argparse.Namespace) -> int:
+    from focalsam.robustness.run import evaluate_corruptions, parse_severities
+
+    if not (args.corruptions and args.out):
+        raise InputError("--corruptions and --out go together: eval writes only into --out")
+    names = [n.strip() for n in (args.corruption_list or "").split(",") if n.strip()]
+    doc = evaluate_corruptions(
+        args.run_dir, args.corruptions, args.out, severities=parse_severities(args.severities),
+        names=names or None, seed=args.corruption_seed, checkpoint=args.checkpoint,
+        device=args.device, cache=args.cache, log=lambda m: None if args.json else print(m),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(doc["summary"]))
+        return 0
+    for name, reason in doc["skipped"].items():
+        print(f"  skipped {name}: {reason}")
+    summary = doc["summary"]
+    if summary:
+        groups = "  ".join(f"{g} {100 * v:.1f}%" for g, v in summary["mean_error_by_group"].items())
+        print(f"mean corruption error {100 * summary['mean_error']:.1f}% ({groups})")
+        if "mCE" in summary:
+            print(f"mCE {100 * summary['mCE']:.1f} over {len(summary['mCE_over'])} corruptions")
+    print(f"wrote {Path(args.out) / 'corruptions.json'} and corruptions.png")
     return 0
 
 
