@@ -301,3 +301,17 @@ def test_dataloader_shuffle_depends_only_on_seed_and_epoch():
 
     assert order(3) == order(3)  # a resumed run sees the same epoch
     assert order(3) != order(4) and order(3) != order(3, seed=1)
+
+
+def test_deferred_reweighting_follows_the_epoch(tmp_path):
+    seen = {}
+
+    def record(trainer, epoch, step):
+        loss = trainer.parts.loss_fn
+        seen[epoch] = (loss.epoch, loss.weight.clone())
+
+    cfg = small_cfg(tmp_path / "drw", model="mlp", loss="ldam_drw", drw_start_epoch=1)
+    silent(cfg, on_step=record).fit()
+    assert [seen[e][0] for e in (0, 1)] == [0, 1]
+    assert torch.equal(seen[0][1], torch.ones(10))
+    assert not torch.equal(seen[1][1], seen[0][1])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from focalsam.errors import DataError, InputError
-from focalsam.metrics import LongTailAccuracy, shot_groups
+from focalsam.metrics import shot_groups
 from focalsam.names import normalize_name
 from focalsam.train.epoch import evaluate
 from focalsam.train.evaluation import LoadedRun, load_run
@@ -49,7 +49,7 @@ def parse_severities(text: str) -> list[int]:
 
 def _cell(model: Any, batches: Iterable[Any], run: LoadedRun) -> dict[str, Any]:
     data = run.data
-    metric = LongTailAccuracy(data.num_classes, data.class_counts, preset=data.shot_preset)
+    metric = data.new_metric()
     result = evaluate(model, batches, metric, run.rt.autocast)
     correct, total = (t.cpu() for t in metric.counts())
     groups = shot_groups(data.class_counts, data.shot_preset)

@@ -23,7 +23,7 @@ from focalsam.data import (
     inaturalist2018,
     verify_images,
 )
-from focalsam.metrics import default_shot_preset
+from focalsam.metrics import LongTailAccuracy, default_shot_preset
 from focalsam.names import normalize_name
 from focalsam.train.config import DATASETS, ConfigError, TrainConfig
 
@@ -46,11 +46,9 @@ class TrainData:
     # "train" | "test" -> the split without augmentation, for analysis
     split: Callable[[str], SplitSource] | None = field(default=None, repr=False)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.train.set_epoch(epoch)
-
-    def steps_per_epoch(self) -> int:
-        return len(self.train)
+    def new_metric(self) -> LongTailAccuracy:
+        """An empty accumulator of per-class and many/medium/few accuracy for this data."""
+        return LongTailAccuracy(self.num_classes, self.class_counts, preset=self.shot_preset)
 
 
 class SplitSource:

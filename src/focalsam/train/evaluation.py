@@ -9,7 +9,6 @@ from typing import Any
 
 from torch import nn
 
-from focalsam.metrics import LongTailAccuracy
 from focalsam.models import create_model
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint
 from focalsam.train.config import TrainConfig
@@ -76,8 +75,7 @@ def evaluate_run(
     loaded = load_run(run, checkpoint, device)
     try:
         data = loaded.data
-        metric = LongTailAccuracy(data.num_classes, data.class_counts, preset=data.shot_preset)
-        result = evaluate(loaded.model, data.test, metric, loaded.rt.autocast)
+        result = evaluate(loaded.model, data.test, data.new_metric(), loaded.rt.autocast)
     finally:
         loaded.rt.close()
     return {

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from focalsam.metrics import LongTailAccuracy
+from focalsam.losses import LongTailLoss
 from focalsam.models import create_model
 from focalsam.optim import canonical_name
 from focalsam.train.checkpoint import CheckpointError, check_finite_state
@@ -37,12 +37,12 @@ class RunParts:
     data: TrainData
     model: nn.Module
     train_model: nn.Module
-    loss_fn: nn.Module
+    loss_fn: LongTailLoss
     stages: list[Any]
     method: str
     _balanced: Any = field(default=None, repr=False)
 
-    def loader(self, name: str, stage_epoch: int, epoch: int) -> Any:
+    def loader(self, name: str, stage_epoch: int) -> Any:
         """The stage's loader, shuffled for its epoch."""
         if name == "balanced":
             if self._balanced is None:
@@ -51,9 +51,6 @@ class RunParts:
             loader = self._balanced
         else:
             loader = self.data.train
-            set_epoch = getattr(self.loss_fn, "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(epoch)  # deferred re-weighting
         loader.set_epoch(stage_epoch)
         return loader
 
@@ -85,11 +82,6 @@ class RunParts:
             total += stage.epochs
             ends.add(total)
         return ends
-
-    def new_metric(self) -> LongTailAccuracy:
-        return LongTailAccuracy(
-            self.data.num_classes, self.data.class_counts, preset=self.data.shot_preset
-        )
 
     def non_finite_weights(self) -> list[str]:
         return check_finite_state(self.model.state_dict())

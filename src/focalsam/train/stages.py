@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from focalsam.losses import LongTailLoss
 from focalsam.optim import MethodSpec, get_method
 from focalsam.train.config import ConfigError, TrainConfig
 from focalsam.train.epoch import StepFn
@@ -31,7 +32,7 @@ class OptimizerStage:
 
     def __init__(
         self, cfg: TrainConfig, spec: MethodSpec, model: nn.Module, train_model: nn.Module,
-        loss_fn: nn.Module, class_counts: list[int], steps_per_epoch: int, rt: Runtime,
+        loss_fn: LongTailLoss, class_counts: list[int], steps_per_epoch: int, rt: Runtime,
     ) -> None:  # fmt: skip
         o, t = cfg.optim, cfg.train
         base: dict[str, Any] = {"lr": o.lr, "weight_decay": o.weight_decay}
@@ -60,8 +61,9 @@ class OptimizerStage:
         self.loader_name = "train"
 
     def start_epoch(self, epoch: int) -> dict[str, Any]:
-        """Set this epoch's rho; what to log for it."""
+        """Set this epoch's rho and loss weights (deferred re-weighting); what to log."""
         self.model.train()
+        self.loss_fn.set_epoch(epoch)
         rho = self.rho.set_epoch(epoch)
         return {"stage": 1, "lr": self.optimizer.param_groups[0]["lr"], "rho": rho}
 
@@ -152,7 +154,7 @@ class ClassifierStage:
 
 
 def build_stages(
-    cfg: TrainConfig, model: nn.Module, train_model: nn.Module, loss_fn: nn.Module,
+    cfg: TrainConfig, model: nn.Module, train_model: nn.Module, loss_fn: LongTailLoss,
     class_counts: list[int], steps_per_epoch: int, rt: Runtime,
 ) -> list[Any]:  # fmt: skip
     """Every stage of the configured method with at least one epoch, in order."""

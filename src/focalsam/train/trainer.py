@@ -82,7 +82,7 @@ class Trainer:
             while self.epoch < self.total_epochs:
                 stage, stage_epoch = p.stage_at(self.epoch)
                 row: dict[str, Any] = {"epoch": self.epoch + 1, **stage.start_epoch(stage_epoch)}
-                loader = p.loader(stage.loader_name, stage_epoch, self.epoch)
+                loader = p.loader(stage.loader_name, stage_epoch)
                 self.steps_in_epoch = len(loader)
                 try:
                     with p.progress(
@@ -102,7 +102,9 @@ class Trainer:
                     self._interrupted(f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
                 if self.epoch % cfg.train.eval_every == 0 or self.epoch in p.eval_epochs():
-                    result = evaluate(self.model, p.data.test, p.new_metric(), self.rt.autocast)
+                    result = evaluate(
+                        self.model, p.data.test, p.data.new_metric(), self.rt.autocast
+                    )
                     row |= {f"test_{k}": result[k] for k in ("overall", "many", "medium", "few")}
                     row["test_per_class"] = result["per_class"]
                     improved = self.best is None or result["overall"] > self.best["overall"]
@@ -149,7 +151,8 @@ class Trainer:
 
     def close(self, *, clean: bool = True) -> None:
         """End the process group this trainer started; safe to call twice."""
-        self.parts.run_dir.close() if hasattr(self, "parts") else None
+        if hasattr(self, "parts"):  # absent when set-up failed
+            self.parts.run_dir.close()
         self.rt.close(clean=clean)
 
     def __enter__(self) -> Trainer:
