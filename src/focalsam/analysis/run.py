@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -148,28 +147,29 @@ def analyze(
         targets = resolve_targets(settings.classes, counts, run.data.shot_preset)
         assert run.data.split is not None
         source = run.data.split(settings.split)
-        for target in targets:
-            sample_indices(
-                source.labels, target, settings.samples_per_class, settings.seed, settings.split
-            )  # fmt: skip (fails early on an empty class)
-        plan.append((label, run, targets, source))
+        chosen = [  # drawn before anything is written: an empty class fails here
+            (t, sample_indices(source.labels, t, settings.samples_per_class, settings.seed,
+                               settings.split))
+            for t in targets
+        ]  # fmt: skip
+        plan.append((label, run, chosen, source))
     out.mkdir(parents=True, exist_ok=True)
     document = {"settings": settings.key(), "run_dirs": run_dirs, "conventions": CONVENTIONS,
                 "runs": results}  # fmt: skip
     todo = sum(
-        1 for label, _r, targets, _s in plan for t in targets for m in ("basic", *settings.measures)
+        1 for label, _r, chosen, _s in plan for t, _i in chosen for m in ("basic", *settings.measures)
         if m not in results.get(label, {}).get("targets", {}).get(t.name, {})
     )  # fmt: skip
     bar = _bar(todo, progress)
-    for label, run, targets, source in plan:
+    for label, run, chosen, source in plan:
         entry = results.setdefault(label, {"run_dir": str(run.checkpoint.parent),
                                            "checkpoint": str(run.checkpoint),
                                            "optimizer": canonical_name(run.cfg.optim.name),
                                            "class_counts": run.data.class_counts,
                                            "shot_preset": run.data.shot_preset,
                                            "targets": {}})  # fmt: skip
-        context = _Context(run, settings, source)
-        for target in targets:
+        context = _Context(run, settings)
+        for target, idx in chosen:
             slot = entry["targets"].setdefault(
                 target.name, {"classes": list(target.classes), "train_count": target.train_count}
             )
@@ -178,8 +178,6 @@ def analyze(
                 if measure in slot:
                     continue
                 if batches is None:
-                    idx = sample_indices(source.labels, target, settings.samples_per_class,
-                                         settings.seed, settings.split)  # fmt: skip
                     batches = source.batches(idx, settings.batch_size)
                     slot["samples"] = int(len(idx))
                 t0 = time.perf_counter()
@@ -193,7 +191,6 @@ def analyze(
         run.rt.close()
     if bar is not None:
         bar.close()
-    atomic_write(out / "analysis.json", json.dumps(document, indent=1))
     from focalsam.analysis.plots import plot_all
 
     for png in plot_all(document, out):
@@ -204,15 +201,13 @@ def analyze(
 class _Context:
     """What the measures of one run need: model (eval), loss, parameters, the run's ascent."""
 
-    def __init__(self, run: LoadedRun, settings: AnalysisSettings, source: Any) -> None:
-        self.run, self.settings, self.source = run, settings, source
+    def __init__(self, run: LoadedRun, settings: AnalysisSettings) -> None:
+        self.run, self.settings = run, settings
         model = run.model.eval()
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         per_sample = run.cfg.loss.build(run.data.class_counts).to(run.rt.device)
-        set_epoch = getattr(per_sample, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(run.cfg.train.epochs - 1)
+        per_sample.set_epoch(run.cfg.train.epochs - 1)  # the last epoch's weights
         self.per_sample = per_sample
         self._ascent: list[Tensor] | None | bool = False
 
@@ -267,7 +262,3 @@ def _bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="analyze", dynamic_ncols=True)
-
-
-def as_array(values: Any) -> np.ndarray:
-    return np.asarray(values, dtype=float)
