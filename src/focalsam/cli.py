@@ -8,6 +8,7 @@ input of any kind is one line on stderr and exit code 2, with nothing written;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -42,7 +43,7 @@ data.num_workers, data.root and data.verify_images.
 
 
 def _default(f: Any) -> Any:
-    if f.default_factory is not __import__("dataclasses").MISSING:
+    if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
 
