@@ -53,12 +53,25 @@ class DataConfig:
     num_workers: int = _f(4, "DataLoader workers for image-file datasets")
     shot_preset: str | None = _f(None, "many/medium/few thresholds (default: by dataset)")
     verify_images: bool = _f(True, "image lists: check every image opens before training")
+    image_size: int | None = _f(None, "input resolution (default: the model's, e.g. 224 for CLIP)")
+    transform: str = _f("auto", "auto | standard | clip | imagenet_r50 | inat_r50")
+    categories: str | None = _f(None, "iNaturalist categories.json (default ROOT/categories.json)")
 
 
 @dataclass
 class ModelConfig:
     name: str = _f("resnet32", "resnet32 | resnet50 | small_cnn | mlp")
     normed_linear: bool = _f(False, "cosine classifier head (LDAM)")
+    tuning: str = _f(
+        "adaptformer", "CLIP: adaptformer | lora | vpt_shallow | vpt_deep | bias | layernorm | full"
+    )
+    clip_weights: str | None = _f(
+        None, "CLIP: a local weights file (OpenAI's ViT-B-16.pt or open_clip's), or 'random'"
+    )
+    clip_pretrained: str | None = _f(None, "CLIP: an open_clip pretrained tag (downloads)")
+    adapter_bottleneck: int | None = _f(None, "AdaptFormer width (default 2**int(log2(C/24)))")
+    lora_rank: int = _f(8, "LoRA rank on the attention q and v projections")
+    vpt_tokens: int = _f(10, "VPT prompt tokens")
 
 
 @dataclass
@@ -74,6 +87,14 @@ class OptimBase:
     bn_update: str = _f("both", "BatchNorm statistics in: both passes | clean pass only")
     ascent_all_reduce: bool = _f(False, "DDP: average the ascent gradient (= one process)")
     max_grad_norm: float | None = _f(None, "clip the final gradient to this norm")
+    strict_checks: bool | None = _f(
+        None,
+        "eager label/NaN checks with host syncs (default: on "
+        "the CPU; a GPU step checks on the device and never syncs)",
+    )
+    sam_every: int = _f(
+        1, "sharpness-aware step every k-th step, plain steps between (an approximation; 1 = exact)"
+    )
 
 
 def _method_sections() -> list[tuple[str, type, Any]]:
@@ -94,6 +115,7 @@ OptimConfig: Any = dataclasses.make_dataclass("OptimConfig", _method_sections(),
 class ScheduleConfig:
     epochs: int = _f(200, "training epochs (of the optimizer's own stage)")
     batch_size: int = _f(64, "batch size (per process)")
+    accum_steps: int = _f(1, "micro-batches per step: batch_size / accum_steps samples per pass")
     lr_schedule: str = _f("cosine", "cosine | step | constant (per step)")
     lr_milestones: list[int] = _f([160, 180], "step schedule: epochs where lr *= lr_decay")
     lr_decay: float = _f(0.1, "step schedule factor (> 0)")
@@ -107,8 +129,17 @@ class ScheduleConfig:
 
 @dataclass
 class RunConfig:
-    precision: str = _f("fp32", "fp32 | bf16 | fp16 (fp16 uses a GradScaler)")
+    precision: str = _f(
+        "fp32",
+        "fp32 | bf16 | fp16 (fp16 uses a GradScaler) | auto (bf16 "
+        "autocast on a GPU that has it, else fp32)",
+    )
     channels_last: bool = _f(False, "channels_last memory format (GPU)")
+    compile: bool = _f(False, "run the model under torch.compile")
+    compile_mode: str = _f(
+        "default", "torch.compile mode: default | reduce-overhead | max-autotune-no-cudagraphs"
+    )
+    cuda_graph: bool = _f(False, "CUDA: capture the whole optimizer step in a CUDA graph")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     seed: int = _f(0, "seed of model init and data order")
     dir: str | None = _f(None, "the run directory (default runs/NAME-TIME)")
@@ -344,7 +375,23 @@ def validate_config(cfg: TrainConfig) -> None:
         values = getattr(t, key)
         if any(v < 1 for v in values) or list(values) != sorted(set(values)):
             raise ConfigError(f"train.{key} must be increasing epochs >= 1, got {list(values)}")
-    _choice("run.precision", r.precision, ("fp32", "bf16", "fp16"))
+    _choice("run.precision", r.precision, ("fp32", "bf16", "fp16", "auto"))
+    _choice(
+        "run.compile_mode",
+        r.compile_mode,
+        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
+    if d.image_size is not None and d.image_size < 8:
+        raise ConfigError(f"data.image_size must be >= 8, got {d.image_size}")
+    _choice("data.transform", d.transform, ("auto", "standard", "clip", "imagenet_r50", "inat_r50"))
+    _check_model(cfg)
+    if o.sam_every < 1:
+        raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
+    if t.accum_steps < 1 or t.batch_size % t.accum_steps:
+        raise ConfigError(
+            f"train.accum_steps must be >= 1 and divide train.batch_size={t.batch_size}, "
+            f"got {t.accum_steps}"
+        )
     _check_device(r.device)
     # capabilities
     stages = [s for s in spec.later_stages if s.epochs(options) > 0]
@@ -356,6 +403,37 @@ def validate_config(cfg: TrainConfig) -> None:
     channels = {"digits": 1}.get(normalize_name(d.name), 3)
     if normalize_name(m.name) == "resnet50" and channels != 3:
         raise ConfigError(f"model resnet50 takes 3-channel images; {d.name} has {channels}")
+
+
+TUNINGS = ("adaptformer", "lora", "vpt_shallow", "vpt_deep", "bias", "layernorm", "full")
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    m = cfg.model
+    clip = normalize_name(m.name).startswith("clip")
+    _choice("model.tuning", m.tuning, TUNINGS)
+    for key in ("adapter_bottleneck", "lora_rank", "vpt_tokens"):
+        value = getattr(m, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{key} must be >= 1, got {value}")
+    if not clip:
+        for key in ("clip_weights", "clip_pretrained"):
+            if getattr(m, key) is not None:
+                raise ConfigError(f"model.{key} is for CLIP models; model.name is {m.name!r}")
+        return
+    if normalize_name(cfg.data.name) == "digits":
+        raise ConfigError(f"{m.name} takes 3-channel images; digits has 1 (use cifar10/100, ...)")
+    if normalize_name(m.name) == "clip_vit_b16" and not (m.clip_weights or m.clip_pretrained):
+        raise ConfigError(
+            "clip_vit_b16 needs its weights: clip_weights=PATH to OpenAI's ViT-B-16.pt "
+            "(README: foundation models), clip_pretrained=openai when online, or "
+            "clip_weights=random for benchmarks"
+        )
+    if m.clip_weights not in (None, "random") and not Path(m.clip_weights).is_file():
+        raise ConfigError(
+            f"model.clip_weights: {m.clip_weights} is not a file; get OpenAI's ViT-B-16.pt "
+            "(see the README's foundation-model section) and give its path"
+        )
 
 
 def _check_device(device: str) -> None:

@@ -34,12 +34,17 @@ def train_one_epoch(
     after_step: Callable[[int], bool] = lambda _step: False,
     progress: Any = None,
     all_sum: Callable[[Tensor], Tensor] = lambda t: t,
+    skipped: Callable[[], Any] | None = None,
 ) -> dict[str, float]:
     """Run ``step_fn`` over the batches of this epoch from ``start_step`` on.
 
     ``after_step(step)`` is called after each step; returning True stops the epoch
     there (a stop request). Returns mean loss, accuracy, images seen, steps done and
     seconds, summed over processes with ``all_sum``.
+
+    ``skipped()`` reports the steps the optimizer skipped on the device (a NaN/inf or a
+    bad label, checked without a host sync): asked once, at the end, where the epoch
+    syncs anyway; any skip raises :class:`NonFiniteStep` naming the first.
     """
     totals: Tensor | None = None  # loss sum, correct, images: summed on the device, no sync
     done = start_step
@@ -60,8 +65,18 @@ def train_one_epoch(
             progress.update(1)
         if after_step(step):
             break
+    report = skipped() if skipped is not None else None
     elapsed = time.perf_counter() - t0
-    stats = all_sum(totals if totals is not None else torch.zeros(3, dtype=torch.float64))
+    totals = totals if totals is not None else torch.zeros(3, dtype=torch.float64)
+    count = 0 if report is None else report.count
+    stats = all_sum(torch.cat([totals, totals.new_tensor([count])]))
+    if float(stats[3]) > 0:  # every process stops, wherever the skip happened
+        if report is None:
+            raise NonFiniteStep(done - 1, "another process skipped a step (non-finite values)")
+        raise NonFiniteStep(
+            start_step + report.first_index,
+            f"{report.reason} ({report.count} step(s) of this epoch skipped on the device)",
+        )
     images = float(stats[2])
     return {
         "train_loss": float(stats[0]) / max(images, 1.0),

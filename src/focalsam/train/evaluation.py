@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from focalsam.models import create_model
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint
 from focalsam.train.config import TrainConfig
 from focalsam.train.data_setup import TrainData, build_data
 from focalsam.train.epoch import evaluate
+from focalsam.train.model_setup import build_model, load_model_state
 from focalsam.train.resume import load_run_config
 from focalsam.train.runtime import Runtime
 
@@ -50,17 +50,12 @@ def load_run(run: str | Path, checkpoint: str = "last", device: str | None = Non
     try:
         payload = load_checkpoint(path, map_location=rt.device)
         data = build_data(cfg, rt.device, rt.rank, rt.world)
-        model = create_model(
-            cfg.model.name, data.num_classes, data.in_channels, data.image_size,
-            normed_linear=cfg.model.normed_linear,
-        ).to(rt.device)  # fmt: skip
+        model = build_model(cfg, data, rt.device, text_init=False)
         try:
-            model.load_state_dict(payload["model"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0][:200]
+            load_model_state(model, payload, f"checkpoint {path}")
+        except CheckpointError as exc:
             raise CheckpointError(
-                f"checkpoint {path} is for another model than {cfg.model.name} with "
-                f"{data.num_classes} classes ({first})"
+                f"{exc} (the run's model is {cfg.model.name} with {data.num_classes} classes)"
             ) from None
     except BaseException:
         rt.close(clean=False)

@@ -31,6 +31,46 @@ def _cifar(dataset: str, weight_decay: float, focal: dict[str, float], eta: floa
     }  # fmt: skip
 
 
+def _clip(dataset: str, focal: dict[str, float], eta: float, **data: Any) -> dict[str, Any]:
+    """CLIP ViT-B/16 + AdaptFormer, cosine head from text, logit adjustment (tau 1), SGD
+    lr 0.01, 20 epochs, batch 128, bf16 autocast on a GPU that has it."""
+    return {
+        "data": {"name": dataset, **data},
+        "model": {"name": "clip_vit_b16", "tuning": "adaptformer"},
+        "loss": {"name": "logit_adjustment", "tau": 1.0},
+        "optim": {
+            "name": "focal_sam", "base": "sgd", "lr": 0.01, "momentum": 0.9,
+            "weight_decay": 5e-4, "rho": focal["rho"],
+            "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
+            "imbsam": {"eta": eta},
+            # CC-SAM's classifier stage is a ResNet recipe; its stage 1 alone here
+            "ccsam": {"stage2_epochs": 0},
+        },
+        "train": {"epochs": 20, "batch_size": 128, "lr_schedule": "cosine", "eval_every": 5},
+        "run": {"precision": "auto"},
+    }  # fmt: skip
+
+
+def _r50(dataset: str, batch: int, lr: float, wd: float, focal: dict[str, float],
+         rho_schedule: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """ResNet-50 from scratch, logit adjustment, SGD with a cosine schedule, 200 epochs."""
+    return {
+        "data": {"name": dataset},
+        "model": {"name": "resnet50"},
+        "loss": {"name": "logit_adjustment"},
+        "optim": {
+            "name": "focal_sam", "base": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": wd,
+            "rho": focal["rho"], "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
+            "imbsam": {"eta": 20.0},
+            # stage 2 needs class-balanced batches, which image lists do not offer yet
+            "ccsam": {"stage2_epochs": 0},
+        },
+        "train": {"epochs": 200, "batch_size": batch, "lr_schedule": "cosine",
+                  "eval_every": 10, **rho_schedule},
+        "run": {"precision": "auto"},
+    }  # fmt: skip
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-lt-r100": _cifar(
         "cifar10",
@@ -64,6 +104,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 30, "batch_size": 64, "lr_schedule": "cosine", "eval_every": 10},
         "run": {"device": "cpu"},
     },  # fmt: skip
+    "cifar10-lt-r100-clip": _clip(
+        "cifar10", {"rho": 0.05, "gamma": 1.5, "lam": 0.7}, 200.0, imbalance_ratio=100.0
+    ),
+    "cifar100-lt-r100-clip": _clip(
+        "cifar100", {"rho": 0.05, "gamma": 5.5, "lam": 0.8}, 20.0, imbalance_ratio=100.0
+    ),
+    "imagenet-lt-clip": _clip("imagenet_lt", {"rho": 0.05, "gamma": 0.5, "lam": 0.8}, 20.0),
+    "inat2018-clip": _clip("inat2018", {"rho": 0.02, "gamma": 0.2, "lam": 1.0}, 20.0),
+    "imagenet-lt-r50": _r50(
+        "imagenet_lt",
+        256,
+        0.1,
+        5e-4,
+        {"rho": 0.1, "gamma": 0.8, "lam": 0.8},
+        # rho 0.1 until epoch 160, then 0.2
+        {"rho_schedule": "step", "rho_milestones": [160], "rho_decay": 2.0},
+    ),  # fmt: skip
+    "inat2018-r50": _r50("inat2018", 512, 0.2, 2e-4, {"rho": 0.2, "gamma": 2.0, "lam": 1.1}, {}),
 }
 
 DESCRIPTIONS = {
@@ -71,6 +129,19 @@ DESCRIPTIONS = {
     "Focal-SAM rho 0.2, gamma 3.0, lambda 0.5",
     "cifar100-lt-r100": "CIFAR-100-LT (ratio 100), ResNet-32, 200 epochs, logit adjustment, "
     "Focal-SAM rho 0.3, gamma 3.2, lambda 0.8",
+    "cifar10-lt-r100-clip": "CIFAR-10-LT (ratio 100), CLIP ViT-B/16 + AdaptFormer, text-"
+    "initialised cosine head, 20 epochs, batch 128, lr 0.01, Focal-SAM rho 0.05, gamma 1.5, "
+    "lambda 0.7 (needs clip_weights=PATH)",
+    "cifar100-lt-r100-clip": "CIFAR-100-LT (ratio 100), CLIP ViT-B/16 + AdaptFormer, 20 epochs, "
+    "Focal-SAM rho 0.05, gamma 5.5, lambda 0.8 (needs clip_weights=PATH)",
+    "imagenet-lt-clip": "ImageNet-LT, CLIP ViT-B/16 + AdaptFormer, 20 epochs, Focal-SAM rho "
+    "0.05, gamma 0.5, lambda 0.8 (needs clip_weights=PATH and the lists)",
+    "inat2018-clip": "iNaturalist 2018, CLIP ViT-B/16 + AdaptFormer, 20 epochs, Focal-SAM rho "
+    "0.02, gamma 0.2, lambda 1.0 (needs clip_weights=PATH, the lists, categories.json)",
+    "imagenet-lt-r50": "ImageNet-LT, ResNet-50 from scratch, batch 256, lr 0.1, 200 epochs, "
+    "Focal-SAM rho 0.1 (0.2 from epoch 160), gamma 0.8, lambda 0.8",
+    "inat2018-r50": "iNaturalist 2018, ResNet-50 from scratch, batch 512, lr 0.2, wd 2e-4, "
+    "200 epochs, Focal-SAM rho 0.2, gamma 2.0, lambda 1.1",
     "demo": "offline: long-tailed scikit-learn digits (ratio 20), a small CNN, logit "
     "adjustment, 30 epochs on the CPU",
 }

@@ -45,6 +45,9 @@ def load_run_config(run: Path) -> TrainConfig:
 def experiment_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys (outside :data:`RESUMABLE`) whose values differ: key -> (old, new)."""
     a, b = flatten(old), flatten(new)
+    # a key added to the schema after the run started holds its default there
+    defaults = flatten(to_dict(TrainConfig()))
+    a |= {k: defaults[k] for k in set(b) - set(a) if k in defaults}
     keys = (set(a) | set(b)) - RESUMABLE
     return {k: (a.get(k), b.get(k)) for k in sorted(keys) if a.get(k) != b.get(k)}
 

@@ -73,6 +73,9 @@ class Runtime:
         self.device = resolve_device(device, self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        if precision == "auto":  # bf16 autocast where the GPU has it; never fp16 weights
+            bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            self.precision = "bf16" if bf16 else "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":

@@ -15,11 +15,17 @@ import torch
 from torch import nn
 
 from focalsam.losses import LongTailLoss
-from focalsam.models import create_model
 from focalsam.optim import canonical_name
 from focalsam.train.checkpoint import CheckpointError, check_finite_state
 from focalsam.train.config import ConfigError, TrainConfig, config_yaml, to_dict
 from focalsam.train.data_setup import TrainData, build_data
+from focalsam.train.model_setup import (
+    build_model,
+    describe_counts,
+    load_model_state,
+    model_state,
+    parameter_counts,
+)
 from focalsam.train.resume import experiment_changes, resume_record
 from focalsam.train.runtime import RunDir, Runtime
 from focalsam.train.stages import build_stages
@@ -40,6 +46,7 @@ class RunParts:
     loss_fn: LongTailLoss
     stages: list[Any]
     method: str
+    counts: dict[str, Any] = field(default_factory=dict)
     _balanced: Any = field(default=None, repr=False)
 
     def loader(self, name: str, stage_epoch: int) -> Any:
@@ -70,6 +77,7 @@ class RunParts:
         self.run_dir.create()
         if resumed is None:
             self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
+            self.run_dir.write_text("model.json", json.dumps(self.counts, indent=2))
             return
         epoch, step, history = resumed
         self.run_dir.write_metrics(history)
@@ -117,6 +125,7 @@ class RunParts:
             + (f" + {later} of stage 2" if later else "")
             + f" on {self.rt.device}"
             + (f" x {self.rt.world} processes" if self.rt.world > 1 else "")
+            + f"; {describe_counts(self.counts)}"
         )
 
 
@@ -155,22 +164,21 @@ def build_run(
             f"{rt.world} process(es) has fewer training images than one batch"
         )
     torch.manual_seed(cfg.run.seed)
-    model = create_model(
-        cfg.model.name, data.num_classes, data.in_channels, data.image_size,
-        normed_linear=cfg.model.normed_linear,
-    ).to(rt.device)  # fmt: skip
-    if cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # a resumed model's head comes from its checkpoint: no text features needed
+    model = build_model(cfg, data, rt.device, text_init=resume is None)
     train_model: nn.Module = model
     if rt.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids)
+    if cfg.run.compile:  # the same parameters, traced; checkpoints hold the plain module's
+        train_model = torch.compile(train_model, mode=cfg.run.compile_mode)  # type: ignore[assignment]
     loss_fn = cfg.loss.build(data.class_counts).to(rt.device)
     stages = build_stages(cfg, model, train_model, loss_fn, data.class_counts, steps, rt)
     method = canonical_name(cfg.optim.name)
-    return RunParts(cfg, rt, run_dir, data, model, train_model, loss_fn, stages, method)
+    counts = parameter_counts(model)
+    return RunParts(cfg, rt, run_dir, data, model, train_model, loss_fn, stages, method, counts)
 
 
 def _check_same_experiment(ckpt: dict[str, Any], cfg: TrainConfig, folder: Path) -> None:
@@ -192,7 +200,7 @@ def to_payload(trainer: Any) -> dict[str, Any]:
     """The checkpoint: weights, every stage's optimizer state, position, history, config."""
     return {
         "format": FORMAT,
-        "model": trainer.model.state_dict(),
+        **model_state(trainer.model),
         "stages": [s.state_dict() for s in trainer.parts.stages],
         "epoch": trainer.epoch,
         "step_in_epoch": trainer.step_in_epoch,
@@ -208,7 +216,7 @@ def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
     stages = trainer.parts.stages
     same_length = ckpt["config"]["train"]["epochs"] == trainer.cfg.train.epochs
     try:
-        trainer.model.load_state_dict(ckpt["model"])
+        load_model_state(trainer.model, ckpt, "the checkpoint")
         if len(ckpt["stages"]) != len(stages):
             raise ValueError(f"{len(ckpt['stages'])} stages saved, {len(stages)} in this run")
         for stage, state in zip(stages, ckpt["stages"]):

@@ -41,8 +41,10 @@ class OptimizerStage:
         settings = {
             "rho": o.rho, "adaptive": o.adaptive, "bn_update": o.bn_update,
             "ascent_all_reduce": o.ascent_all_reduce, "max_grad_norm": o.max_grad_norm,
-            "model": train_model,
+            "model": train_model, "strict_checks": o.strict_checks, "sam_every": o.sam_every,
         }  # fmt: skip
+        if o.sam_every != 1 and "sam_every" not in spec.settings:
+            raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
         self.optimizer: Any = spec.build(
             model.parameters(), o.base, options=cfg.method_options(), class_counts=class_counts,
             classifier=classifier_of(model) if spec.needs_classifier else None,
@@ -56,6 +58,12 @@ class OptimizerStage:
         )  # fmt: skip
         rho_milestones = t.rho_milestones if t.rho_schedule == "step" else []
         self.rho = RhoSchedule(self.optimizer, rho_milestones, t.rho_decay)
+        self.accum_steps = t.accum_steps
+        if self.accum_steps > 1 and not hasattr(self.optimizer, "step_accumulated"):
+            raise ConfigError(
+                f"train.accum_steps={self.accum_steps}: {spec.name} does not accumulate "
+                "gradients; leave it at 1"
+            )
         self.model, self.train_model, self.loss_fn, self.rt = model, train_model, loss_fn, rt
         self.scaler = rt.make_scaler()
         self.loader_name = "train"
@@ -70,17 +78,33 @@ class OptimizerStage:
     def step_fn(self, epoch: int) -> StepFn:
         model, loss_fn, rt = self.train_model, self.loss_fn, self.rt
 
-        def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        def closure_of(x: Tensor, y: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
             def closure() -> tuple[Tensor, Tensor]:
                 with rt.autocast():
                     logits = model(x)
                 return loss_fn(logits.float(), y), logits.detach()
 
-            losses, logits = self.optimizer.step(closure, y, scaler=self.scaler)
+            return closure
+
+        def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            if self.accum_steps == 1:
+                losses, logits = self.optimizer.step(closure_of(x, y), y, scaler=self.scaler)
+            else:  # one step over the whole batch, its passes micro-batch by micro-batch
+                micro = [(closure_of(xm, ym), ym) for xm, ym in zip(
+                    x.chunk(self.accum_steps), y.chunk(self.accum_steps))]  # fmt: skip
+                outs = self.optimizer.step_accumulated(micro, scaler=self.scaler)
+                losses = torch.cat([o[0] for o in outs])
+                logits = torch.cat([o[1] for o in outs])
             self.scheduler.step()
             return losses, logits
 
         return step
+
+    def skipped_steps(self) -> Any:
+        """Steps the optimizer skipped on the device since the last call (one sync), or
+        ``None``; the epoch function asks at its end."""
+        take = getattr(self.optimizer, "take_skip_report", None)
+        return take() if take is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -151,6 +175,9 @@ class ClassifierStage:
 
     def load_state_dict(self, state: dict[str, Any], *, keep_schedule: bool = True) -> None:
         self.impl.load_state_dict(state["optimizer"])
+
+    def skipped_steps(self) -> Any:
+        return None
 
 
 def build_stages(
