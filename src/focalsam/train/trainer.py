@@ -91,6 +91,7 @@ class Trainer:
                         row |= train_one_epoch(
                             stage.step_fn(stage_epoch), loader, start_step=self.step_in_epoch,
                             after_step=self._after_step, progress=bar, all_sum=self.rt.all_sum,
+                            skipped=stage.skipped_steps,
                         )  # fmt: skip
                 except NonFiniteStep as exc:
                     raise TrainingDiverged(
