@@ -197,10 +197,11 @@ def test_demo_runs_and_plots(tmp_path, capsys):
 
     assert run_demo(epochs=1, root=tmp_path / "demo") == 0
     out = capsys.readouterr().out
-    for name in ("SGD", "SAM", "Focal-SAM", "overall", "many", "medium", "few", "s/epoch"):
+    for name in ("SGD", "SAM", "Focal-SAM", "overall", "many", "medium", "few", "img/s", " ± "):
         assert name in out
-    png = tmp_path / "demo" / "per_class_accuracy.png"
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    for name in ("per_class.png", "accuracy_vs_throughput.png"):  # the compare layout
+        assert (tmp_path / "demo" / name).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "demo" / "focal_sam-seed2" / "report.json").is_file()
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -1,6 +1,8 @@
-"""The ``focalsam`` command: ``train``, ``demo``, ``eval``, ``analyze``, ``presets``.
+"""The ``focalsam`` command: ``train``, ``compare``, ``demo``, ``eval``, ``analyze``,
+``presets``.
 
-A bare ``focalsam train`` (or ``focalsam demo``) runs the offline demo. Bad
+A bare ``focalsam train`` (or ``focalsam demo``) runs the offline demo, a small
+compare. Bad
 input of any kind is one line on stderr and exit code 2, with nothing written;
 ``--debug`` shows the traceback instead.
 """
@@ -24,16 +26,17 @@ FLAGS = (
     "dataset", "data_root", "download", "imbalance_ratio", "train_list", "test_list",
     "num_workers", "shot_preset", "model", "loss", "optimizer", "base_optimizer", "lr",
     "rho", "epochs", "batch_size", "eval_every", "select", "precision", "device", "seed",
-    "run_dir", "progress", "tensorboard",
+    "run_dir", "progress", "tensorboard", "clip_weights", "tuning", "accum_steps", "compile",
 )  # fmt: skip
 
 EPILOG = """examples:
-  focalsam train                                   # offline demo: SGD vs SAM vs Focal-SAM
+  focalsam train                                   # offline demo: SGD vs SAM vs Focal-SAM, 3 seeds
   focalsam train --preset cifar10-lt-r100 --data-root data
   focalsam train --preset cifar100-lt-r100 --optimizer sam --epochs 10
   focalsam train --config my.yaml lr=0.05 loss.tau=1.5 optim.focal_sam.gamma=2
   focalsam train --resume runs/cifar10-lt-r100-focal_sam-20260101-120000 --epochs 300
   torchrun --nproc_per_node 4 -m focalsam train --preset cifar10-lt-r100
+  focalsam compare --preset cifar10-lt-r100 --optimizers sgd,sam,imbsam,ccsam,focal_sam --seeds 0,1,2
 
 layering: schema defaults, then the preset (--preset, or the YAML's preset: key),
 then the YAML file, then flags and KEY=VALUE. --resume takes the run's own config;
@@ -89,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{fields[key].metadata.get('help', '')} ({key}, default {_default(fields[key])!r})",
         )  # fmt: skip
 
-    sub.add_parser("demo", help="the offline demo: SGD vs SAM vs Focal-SAM on long-tailed digits")
+    _compare_parser(sub)
+    sub.add_parser(
+        "demo", help="the offline demo: SGD vs SAM vs Focal-SAM on long-tailed digits, 3 seeds"
+    )
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set (writes nothing)")
     ev.add_argument("run_dir", help="a run directory (holds config.yaml and last.pt)")
     ev.add_argument("--checkpoint", default="last", help="last | best | a .pt file")
@@ -112,6 +118,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the presets and the optimizers")
     _analyze_parser(sub)
     return parser
+
+
+COMPARE_EPILOG = """examples:
+  focalsam compare --preset cifar10-lt-r100 --optimizers sgd,sam,imbsam,ccsam,focal_sam --seeds 0,1,2
+  focalsam compare --preset demo --optimizers sgd,sam,focal_sam --seeds 0,1,2 --parallel 2 epochs=10
+  focalsam compare --preset demo --optimizers sgd,focal_sam --out runs/cmp   # again: resumes it
+
+Each (optimizer, seed) is the run `focalsam train --preset P [--config YAML] KEY=VALUE...
+optimizer=O seed=S run_dir=OUT/O-seedS` would make with OMP_NUM_THREADS=THREADS (the CPU
+thread count changes results in the last bits, so every run uses --threads whatever
+--parallel is). Re-running the same command with --out keeps finished runs, resumes
+interrupted ones and starts missing ones; a different command there is refused.
+Writes compare.json, compare.md, accuracy_vs_throughput.png and per_class.png: mean +- std
+over seeds (sample std); |mean_a - mean_b| <= max(std_a, std_b) is marked within noise.
+"""
+
+
+def _compare_parser(sub: Any) -> None:
+    cmp = sub.add_parser(
+        "compare", help="several optimizers over seeds: mean +- std, differences within noise marked",
+        description="Train every (optimizer, seed) pair and write the comparison table.",
+        epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    cmp.add_argument("--preset", help="a published recipe (see `focalsam presets`)")
+    cmp.add_argument("--config", metavar="YAML", help="a YAML file of settings")
+    cmp.add_argument(
+        "--optimizers", default="sgd,sam,imbsam,ccsam,focal_sam",
+        help="comma list; the first is the baseline (default: %(default)s)",
+    )  # fmt: skip
+    cmp.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: %(default)s)")
+    cmp.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    cmp.add_argument("--threads", type=int, default=1, help="CPU threads of every run (default 1)")
+    cmp.add_argument("--out", help="the compare folder (default runs/compare-PRESET-TIME)")
+    cmp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any setting, every run")
+    cmp.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from focalsam.compare import CompareSpec, default_out, run_compare, terminal
+
+    spec = CompareSpec.create(
+        args.preset, args.optimizers, args.seeds, args.overrides, config_file=args.config,
+        threads=args.threads, parallel=args.parallel,
+    )  # fmt: skip
+    out = Path(args.out) if args.out else default_out(f"compare-{args.preset or 'config'}")
+    doc, failed = run_compare(spec, out)
+    print(terminal(doc))
+    print(f"wrote {out / 'compare.json'}, compare.md, accuracy_vs_throughput.png, per_class.png")
+    if failed:
+        print(f"focalsam: {failed} run(s) failed; run the same command to retry", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _analyze_parser(sub: Any) -> None:
@@ -277,7 +336,8 @@ def cmd_presets() -> int:
 
 
 def run_demo(epochs: int | None = None, root: Path | None = None) -> int:
-    """The offline demo: plain SGD, SAM and Focal-SAM on long-tailed digits."""
+    """The offline demo: a compare of plain SGD, SAM and Focal-SAM on long-tailed digits
+    over seeds 0, 1, 2 (``epochs``: the runs' length, default the preset's 30)."""
     from focalsam.train.demo import run_demo as demo
 
     return demo(epochs, root)
@@ -300,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "demo":
             return run_demo()
         if args.command == "eval":

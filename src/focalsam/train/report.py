@@ -11,10 +11,18 @@ GROUPS = ("overall", "many", "medium", "few")
 def build_report(
     history: list[dict[str, Any]], best: dict[str, Any] | None, *, run_dir: str, method: str,
     shot_preset: str, select: str, class_counts: list[int], config: dict[str, Any],
+    passes_per_step: tuple[int, int] | None = None, peak_gpu_memory_mb: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Last epoch and best test epoch, each labelled; ``selected`` is the one ``select`` names."""
+    """Last epoch and best test epoch, each labelled; ``selected`` is the one ``select`` names.
+
+    Costs: ``wall_seconds`` = sum of the epochs' training-loop seconds (evaluation and
+    checkpoints excluded), ``images_per_second`` = mean over epochs of each epoch's
+    training throughput, ``passes_per_step`` = (forward, backward) passes of the method
+    (None where it depends on the batch), ``peak_gpu_memory_mb`` (None off the GPU).
+    """
     evaluated = [r for r in history if "test_overall" in r]
     last = evaluated[-1] if evaluated else None
+    throughputs = [r["images_per_second"] for r in history if "images_per_second" in r]
     out: dict[str, Any] = {
         "run_dir": run_dir,
         "optimizer": method,
@@ -22,6 +30,10 @@ def build_report(
         "select": select,
         "class_counts": class_counts,
         "seconds_per_epoch": sum(r["epoch_seconds"] for r in history) / max(1, len(history)),
+        "wall_seconds": sum(r["epoch_seconds"] for r in history),
+        "images_per_second": sum(throughputs) / len(throughputs) if throughputs else None,
+        "passes_per_step": list(passes_per_step) if passes_per_step is not None else None,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb,
         "config": config,
     }
     if last is not None:

@@ -141,11 +141,19 @@ class Trainer:
 
     def report(self) -> dict[str, Any]:
         """The final figures (last epoch and best test epoch, each labelled), in report.json."""
-        p = self.parts
+        import torch
+
+        from focalsam.optim import get_method
+
+        p, device = self.parts, self.rt.device
+        peak = None  # this process's peak (a resumed run: since the resume)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
         out = build_report(
             self.history, self.best, run_dir=str(self.run_dir), method=p.method,
             shot_preset=p.data.shot_preset, select=self.cfg.train.select,
             class_counts=p.data.class_counts, config=to_dict(self.cfg),
+            passes_per_step=get_method(p.method).passes, peak_gpu_memory_mb=peak,
         )  # fmt: skip
         p.run_dir.write_text("report.json", json.dumps(out, indent=2))
         return out
