@@ -4,9 +4,11 @@
 - :mod:`~focalsam.data.cifar`: CIFAR-10/100 from the python layout, ``cifar_lt``, download.
 - :mod:`~focalsam.data.lists`: ImageNet-LT / iNaturalist-2018 lists, image folders (Pillow).
 - :mod:`~focalsam.data.loader`: ``DeviceLoader``, batched crop/flip/normalize on the device.
+- :mod:`~focalsam.data.resample`: resize / RandomResizedCrop of image batches as matrices.
 - :mod:`~focalsam.data.samplers`: class-balanced sampling.
 - :mod:`~focalsam.data.digits`: ``digits_lt``, an offline demo set (scikit-learn digits).
-- :mod:`~focalsam.data.transforms`: torchvision augmentations (``vision`` extra).
+- :mod:`~focalsam.data.transforms`: torchvision augmentations and the published recipes
+  (``standard``, ``clip``, ``imagenet_r50``, ``inat_r50``; torchvision from the ``vision`` extra).
 
 Bad data (a missing or damaged file, a bad list line, a failed download, a bad setting) raises
 :class:`focalsam.errors.DataError` or one of its kinds in :mod:`~focalsam.data.errors`, with
@@ -41,12 +43,19 @@ from focalsam.data.profiles import (
     select_long_tailed,
     validate_imbalance_ratio,
 )
+from focalsam.data.resample import random_resized_crop_boxes
 from focalsam.data.samplers import ClassBalancedSampler, class_balanced_indices, epoch_generator
+from focalsam.data.transforms import CLIP_MEAN, CLIP_STD, INAT_MEAN, INAT_STD, RECIPES
 
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_SPECS",
     "CIFAR_STD",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "INAT_MEAN",
+    "INAT_STD",
+    "RECIPES",
     "ArrayDataset",
     "ClassBalancedSampler",
     "DataError",
@@ -72,6 +81,7 @@ __all__ = [
     "long_tailed_counts",
     "long_tailed_indices",
     "parse_image_list",
+    "random_resized_crop_boxes",
     "select_long_tailed",
     "validate_imbalance_ratio",
     "verify_images",

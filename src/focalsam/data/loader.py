@@ -8,6 +8,12 @@ as ``RandomCrop(32, padding=4)``), horizontal flip with probability 1/2, then
 The permutation, crop offsets and flips of an epoch are drawn on the CPU from a generator
 seeded by ``(seed, epoch)``, so the batches are the same on any device and for any
 ``world_size`` split (the ranks' shards together are the single-process epoch).
+
+At another resolution (``size``, e.g. 224 px for CLIP) the loader resamples instead of
+padding: ``crop="resized"`` is ``Resize(resize)`` then ``RandomResizedCrop(size)`` (boxes drawn
+in the resized image, as torchvision) and flip; evaluation is ``Resize(resize)`` then
+``CenterCrop(size)``. Each sample is one small matrix per axis applied to the source image
+(:mod:`focalsam.data.resample`), batched on the device.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from focalsam.data.resample import (
+    center_crop_box,
+    random_resized_crop_boxes,
+    resample_crops,
+    resized_shape,
+)
 from focalsam.data.samplers import class_balanced_indices, epoch_generator
 from focalsam.errors import DataError
 
@@ -30,6 +42,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 Sampling = Literal["shuffle", "sequential", "class_balanced"]
+Crop = Literal["pad", "resized"]
 
 
 class DeviceLoader:
@@ -58,8 +71,20 @@ class DeviceLoader:
             order, padded (by wrapping around) to a multiple of ``world_size``.
         dtype: floating dtype of the batches.
         channels_last: return batches in ``torch.channels_last`` memory format.
+        size: output side; ``None`` keeps the source size (and, with ``crop="pad"`` and no
+            ``resize``, the padding-crop path above, bit for bit).
+        crop: ``"pad"`` (random crop of the zero-padded image, source size only) or
+            ``"resized"`` (``RandomResizedCrop(size, scale, ratio)`` of the image resized so
+            its shorter edge is ``resize``).
+        resize: shorter edge of the resized image that boxes and the evaluation center crop
+            refer to (default ``size``); evaluation is ``Resize(resize)`` + ``CenterCrop(size)``.
+        scale, ratio: area fraction and aspect ``w / h`` ranges of ``crop="resized"``.
 
-    Yields ``x`` of shape ``(B, C, H, W)`` and dtype ``dtype``, and int64 ``y`` of shape ``(B,)``.
+    Resampling is torchvision's bilinear resize with ``antialias=True``, composed exactly
+    (in float32) instead of rounding the resized image to uint8 in between.
+
+    Yields ``x`` of shape ``(B, C, H, W)`` (``(B, C, size, size)`` when resampling) and dtype
+    ``dtype``, and int64 ``y`` of shape ``(B,)``.
 
     Example:
         >>> imgs = np.zeros((10, 8, 8, 3), dtype=np.uint8); ys = np.arange(10) % 2
@@ -92,6 +117,11 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         layout: Literal["NHWC", "NCHW"] = "NHWC",
+        size: int | None = None,
+        crop: Crop = "pad",
+        resize: int | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 4:
@@ -136,12 +166,20 @@ class DeviceLoader:
             raise DataError(f"std must be positive, got {tuple(std)}")
         if not dtype.is_floating_point:
             raise DataError(f"dtype must be a floating dtype, got {dtype}")
+        self._configure_resampling(int(x.shape[2]), int(x.shape[3]), augment, size, crop, resize)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if self.resampled and (not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]):
+            raise DataError(
+                f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got scale={scale}, "
+                f"ratio={ratio}"
+            )
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.batch_size = int(batch_size)
         self.sampling: Sampling = sampling
         self.augment = augment
-        self.padding = int(padding) if augment else 0
+        self.padding = int(padding) if augment and not self.resampled else 0
         self.flip = flip
         self.drop_last = drop_last
         self.seed = seed
@@ -161,12 +199,44 @@ class DeviceLoader:
             raise DataError(f"num_samples must be >= 1, got {num_samples}")
         if num_samples is not None and sampling != "class_balanced":
             raise DataError("num_samples is only used with sampling='class_balanced'")
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
-        shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32)
-        self._scale = scale.view(1, -1, 1, 1).to(self.device)
-        self._shift = shift.view(1, -1, 1, 1).to(self.device)
+        mul = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
+        add = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32)
+        self._scale = mul.view(1, -1, 1, 1).to(self.device)
+        self._shift = add.view(1, -1, 1, 1).to(self.device)
         self._rows = torch.arange(self.height, device=self.device)
         self._cols = torch.arange(self.width, device=self.device)
+
+    def _configure_resampling(
+        self,
+        height: int,
+        width: int,
+        augment: bool,
+        size: int | None,
+        crop: str,
+        resize: int | None,
+    ) -> None:
+        """Set ``size``, ``resized_shape`` and whether batches are resampled (``resampled``)."""
+        if crop not in ("pad", "resized"):
+            raise DataError(f"crop must be 'pad' or 'resized', got {crop!r}")
+        for key, value in (("size", size), ("resize", resize)):
+            if value is not None and value < 1:
+                raise DataError(f"{key} must be >= 1, got {value}")
+        out = int(size) if size is not None else min(height, width)
+        short = int(resize) if resize is not None else out
+        self.crop: Crop = crop  # type: ignore[assignment]
+        self.size = out
+        self.resized_shape = resized_shape(height, width, short)
+        #: True unless this is the source-size padding-crop path
+        explicit = crop == "resized" or size is not None or resize is not None
+        identity = crop == "pad" and (out, out) == (height, width) and short == out
+        self.resampled = explicit and not identity
+        if self.resampled and augment and crop == "pad":
+            raise DataError(
+                f"crop='pad' works at the source size {height}x{width}; for size={out}, "
+                f"resize={short} use crop='resized'"
+            )
+        resampled_eval = self.resampled and not augment
+        self._center = center_crop_box(*self.resized_shape, out) if resampled_eval else None
 
     def _pack(self, x: Tensor) -> None:
         """Store the images zero-padded, one int32 word per 4 channels of a pixel.
@@ -210,14 +280,11 @@ class DeviceLoader:
         The randomness is drawn for the whole (global) epoch and then sharded, so it does not
         depend on ``rank``, ``world_size`` or ``batch_size``.
         """
+        if self.resampled:
+            raise DataError("this loader resamples (size/crop/resize set): use epoch_crops()")
         gen = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
         n = self._epoch_size
-        if self.sampling == "shuffle":
-            order = torch.randperm(n, generator=gen)
-        elif self.sampling == "sequential":
-            order = torch.arange(n)
-        else:
-            order = class_balanced_indices(self._labels_cpu, n, gen)
+        order = self._order(gen)
         if self.augment:
             span = 2 * self.padding + 1
             oy = torch.randint(span, (n,), generator=gen)
@@ -230,12 +297,54 @@ class DeviceLoader:
         else:
             oy = ox = torch.zeros(n, dtype=torch.int64)
             flips = torch.zeros(n, dtype=torch.bool)
-        if self.world_size > 1:
-            total = self.num_samples * self.world_size
-            pos = torch.arange(total) % n  # wrap around to make the ranks equal
-            pos = pos[self.rank :: self.world_size]
-            order, oy, ox, flips = order[pos], oy[pos], ox[pos], flips[pos]
+        order, oy, ox, flips = self._shard(order, oy, ox, flips)
         return order, oy, ox, flips
+
+    def epoch_crops(self, epoch: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's ``(indices, boxes, flips)`` for an epoch of a resampling loader.
+
+        ``boxes`` is ``(n, 4)`` int64 ``(top, left, h, w)`` in the coordinates of the image
+        resized to :attr:`resized_shape`; each box is resampled to ``size x size``. Training:
+        :func:`~focalsam.data.resample.random_resized_crop_boxes`; evaluation: the center crop.
+        Drawn for the whole epoch from ``(seed, epoch)`` (order, boxes, flips) and then sharded.
+        """
+        if not self.resampled:
+            raise DataError("this loader pads and crops at the source size: use epoch_indices()")
+        gen = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        n = self._epoch_size
+        order = self._order(gen)
+        if self.augment:
+            boxes = random_resized_crop_boxes(
+                n, *self.resized_shape, generator=gen, scale=self.scale, ratio=self.ratio
+            )
+            flips = (
+                torch.rand(n, generator=gen) < 0.5
+                if self.flip
+                else torch.zeros(n, dtype=torch.bool)
+            )
+        else:
+            boxes = torch.tensor([self._center], dtype=torch.int64).expand(n, 4)
+            flips = torch.zeros(n, dtype=torch.bool)
+        order, boxes, flips = self._shard(order, boxes, flips)
+        return order, boxes, flips
+
+    def _order(self, gen: torch.Generator) -> Tensor:
+        """The epoch's dataset indices (the first draws from ``gen``)."""
+        n = self._epoch_size
+        if self.sampling == "shuffle":
+            return torch.randperm(n, generator=gen)
+        if self.sampling == "sequential":
+            return torch.arange(n)
+        return class_balanced_indices(self._labels_cpu, n, gen)
+
+    def _shard(self, *columns: Tensor) -> tuple[Tensor, ...]:
+        """This rank's rows ``[rank::world_size]`` of the global epoch, wrapped to equal length."""
+        if self.world_size == 1:
+            return columns
+        total = self.num_samples * self.world_size
+        pos = torch.arange(total) % self._epoch_size  # wrap around to make the ranks equal
+        pos = pos[self.rank :: self.world_size]
+        return tuple(c[pos] for c in columns)
 
     # ------------------------------------------------------------------ batches
     def _batch(self, idx: Tensor, oy: Tensor, ox: Tensor, flips: Tensor) -> Tensor:
@@ -261,23 +370,38 @@ class DeviceLoader:
         out.mul_(self._scale).add_(self._shift)
         return out if self.dtype == torch.float32 else out.to(self.dtype)
 
+    def _resampled_batch(self, idx: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
+        """Resize + crop ``boxes`` of the source images to ``size``, mirror, normalize."""
+        b, g = idx.shape[0], self._words
+        raw = self._pixels[idx].view(torch.uint8).view(b, self.height, self.width, 4 * g)
+        out = resample_crops(
+            raw[..., : self.channels],
+            boxes,
+            self.size,
+            self.resized_shape,
+            flips if self.augment else None,
+            channels_last=self.channels_last,
+        )  # (B, C, size, size) float32
+        out.mul_(self._scale).add_(self._shift)
+        return out if self.dtype == torch.float32 else out.to(self.dtype)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order, oy, ox, flips = self.epoch_indices()
+        plan = self.epoch_crops() if self.resampled else self.epoch_indices()
         non_blocking = self.device.type == "cuda"
-        order = order.to(self.device, non_blocking=non_blocking)
-        oy = oy.to(self.device, non_blocking=non_blocking)
-        ox = ox.to(self.device, non_blocking=non_blocking)
-        flips = flips.to(self.device, non_blocking=non_blocking)
+        order, *parts = (t.to(self.device, non_blocking=non_blocking) for t in plan)
+        make = self._resampled_batch if self.resampled else self._batch
         n = order.shape[0]
         bs = self.batch_size
         stop = (n // bs) * bs if self.drop_last else n
-        # several batches per gather: fewer (parallel) ops per epoch, same values
-        per_sample = self.channels * self.height * self.width
+        # several batches per gather: fewer (parallel) ops per epoch, same values; at least
+        # one batch, so a large ``size`` gives one batch per gather
+        side = (self.size, self.size) if self.resampled else (self.height, self.width)
+        per_sample = self.channels * side[0] * side[1]
         step = bs * max(1, self.chunk_elements // (per_sample * bs))
         for clo in range(0, stop, step):
             chi = min(clo + step, stop)
             idx = order[clo:chi]
-            xs = self._batch(idx, oy[clo:chi], ox[clo:chi], flips[clo:chi])
+            xs = make(idx, *(p[clo:chi] for p in parts))
             ys = self.labels[idx]
             for lo in range(0, chi - clo, bs):
                 yield xs[lo : lo + bs], ys[lo : lo + bs]

@@ -385,6 +385,9 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.image_size must be >= 8, got {d.image_size}")
     _choice("data.transform", d.transform, ("auto", "standard", "clip", "imagenet_r50", "inat_r50"))
     _check_model(cfg)
+    from focalsam.train.data_setup import data_recipe  # the recipe the dataset offers
+
+    data_recipe(cfg)
     if o.sam_every < 1:
         raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
     if t.accum_steps < 1 or t.batch_size % t.accum_steps:
@@ -423,6 +426,10 @@ def _check_model(cfg: TrainConfig) -> None:
         return
     if normalize_name(cfg.data.name) == "digits":
         raise ConfigError(f"{m.name} takes 3-channel images; digits has 1 (use cifar10/100, ...)")
+    if normalize_name(m.name) == "clip_vit_b16" and cfg.data.image_size not in (None, 224):
+        raise ConfigError(
+            f"clip_vit_b16 takes 224-px images; got data.image_size={cfg.data.image_size}"
+        )
     if normalize_name(m.name) == "clip_vit_b16" and not (m.clip_weights or m.clip_pretrained):
         raise ConfigError(
             "clip_vit_b16 needs its weights: clip_weights=PATH to OpenAI's ViT-B-16.pt "

@@ -1,9 +1,17 @@
-"""Build the training and test data of a run from its config."""
+"""Build the training and test data of a run from its config.
+
+Resolution and augmentation come from ``data.image_size`` and ``data.transform``
+(:func:`data_recipe`): CIFAR at 32 px with the padding crop (``standard``), or resampled on
+the device (``clip``: ``RandomResizedCrop`` of the image upsampled to 224 px, CLIP
+normalization); ImageNet-LT / iNaturalist through torchvision with the recipe's train and
+test transforms (:func:`focalsam.data.transforms.recipe_transforms`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +22,10 @@ from torch.utils.data import DataLoader, Subset
 from focalsam.data import (
     CIFAR_MEAN,
     CIFAR_STD,
+    CLIP_MEAN,
+    CLIP_STD,
+    RECIPES,
+    DataNotFoundError,
     DeviceLoader,
     cifar_dataset,
     cifar_lt,
@@ -28,6 +40,11 @@ from focalsam.names import normalize_name
 from focalsam.train.config import DATASETS, ConfigError, TrainConfig
 
 DIGITS_MEAN, DIGITS_STD = (0.3,), (0.4,)
+#: the datasets' own resolutions, and the models that need another
+NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet_lt": 224, "inat2018": 224}
+MODEL_INPUT_SIZE = {"clip_vit_b16": 224}
+#: values of the largest test batch of the in-memory sets (1000 CIFAR images: 3M values)
+TEST_BATCH_VALUES = 1 << 25
 
 
 @dataclass
@@ -45,6 +62,9 @@ class TrainData:
     make_balanced: Callable[[], Any] | None = field(default=None, repr=False)
     # "train" | "test" -> the split without augmentation, for analysis
     split: Callable[[str], SplitSource] | None = field(default=None, repr=False)
+    # the class names in label order, computed on demand (CLIP text heads); may raise a
+    # DataError (e.g. iNaturalist without categories.json)
+    class_names: Callable[[], list[str]] | None = field(default=None, repr=False)
 
     def new_metric(self) -> LongTailAccuracy:
         """An empty accumulator of per-class and many/medium/few accuracy for this data."""
@@ -129,6 +149,65 @@ class _EpochDataLoader:
             yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
 
+def data_recipe(cfg: TrainConfig) -> tuple[str, int]:
+    """``(transform, image_size)`` of a run: ``data.transform`` with ``auto`` resolved, and
+    ``data.image_size`` or, when unset, the model's input size (224 for ``clip_vit_b16``) or
+    else the dataset's own (digits 8, CIFAR 32, ImageNet-LT / iNaturalist 224).
+
+    ``auto``: ``clip`` for a ``clip_*`` model; ``imagenet_r50`` / ``inat_r50`` for resnet50 on
+    ImageNet-LT / iNaturalist; else ``standard``. Raises :class:`ConfigError` for a recipe the
+    dataset does not offer: digits only ``standard`` at 8 px (CLIP needs 3 channels), CIFAR
+    ``standard`` (32 px only) or ``clip`` (any size).
+    """
+    name = normalize_name(cfg.data.name)
+    model = normalize_name(cfg.model.name)
+    transform = cfg.data.transform
+    if transform == "auto":
+        if model.startswith("clip_"):
+            transform = "clip"
+        elif model == "resnet50" and name in ("imagenet_lt", "inat2018"):
+            transform = "imagenet_r50" if name == "imagenet_lt" else "inat_r50"
+        else:
+            transform = "standard"
+    if transform not in RECIPES:
+        raise ConfigError(
+            f"data.transform must be auto or one of {', '.join(RECIPES)}, got {transform!r}"
+        )
+    if name not in NATIVE_SIZE:
+        raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
+    size = cfg.data.image_size
+    if size is None:
+        size = MODEL_INPUT_SIZE.get(model, NATIVE_SIZE[name])
+    if size < 1:
+        raise ConfigError(f"data.image_size must be >= 1, got {size}")
+    native = NATIVE_SIZE[name]
+    if name == "digits" and (transform != "standard" or size != native):
+        raise ConfigError(
+            f"digits (1 channel, {native} px) takes data.transform=standard at "
+            f"data.image_size={native}, got {transform} at {size} (CLIP needs 3-channel images: "
+            "use cifar10/cifar100/imagenet_lt/inat2018)"
+        )
+    if name in ("cifar10", "cifar100"):
+        if transform not in ("standard", "clip"):
+            raise ConfigError(
+                f"{name} takes data.transform=standard or clip, got {transform} (the ResNet-50 "
+                "recipes are for imagenet_lt / inat2018)"
+            )
+        if transform == "standard" and size != native:
+            raise ConfigError(
+                f"data.transform=standard on {name} is the {native}-px padding crop, got "
+                f"data.image_size={size}: use data.transform=clip (RandomResizedCrop) or "
+                f"data.image_size={native}"
+            )
+    return transform, int(size)
+
+
+def eval_batch_size(channels: int, size: int, largest: int = 1000) -> int:
+    """Test batch of the in-memory sets: ``largest`` images, fewer when one batch would hold
+    more than :data:`TEST_BATCH_VALUES` values (128 MB of float32; 222 images at 224 px)."""
+    return max(1, min(largest, TEST_BATCH_VALUES // (channels * size * size)))
+
+
 def _in_memory(
     cfg: TrainConfig,
     device: torch.device,
@@ -136,18 +215,19 @@ def _in_memory(
     world: int,
     train_xy: tuple[Any, Any],
     test_xy: tuple[Any, Any],
+    test_batch: int = 1000,
     **style: Any,
 ) -> tuple[DeviceLoader, DeviceLoader, Callable[[], DeviceLoader], Callable[[str], SplitSource]]:
     """On-device loaders over uint8 images: the training set sharded over ranks, this
     rank's share of the test set, a factory of class-balanced training batches and the
     unaugmented splits.
-    ``style``: layout, normalization and augmentation options of :class:`DeviceLoader`."""
+    ``style``: layout, normalization, size and augmentation options of :class:`DeviceLoader`."""
     kw: dict[str, Any] = {"device": device, "channels_last": cfg.run.channels_last, **style}
     train = DeviceLoader(
         *train_xy, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world_size=world, **kw
     )
     test = DeviceLoader(
-        test_xy[0][rank::world], test_xy[1][rank::world], 1000,
+        test_xy[0][rank::world], test_xy[1][rank::world], test_batch,
         sampling="sequential", augment=False, **kw,
     )  # fmt: skip
 
@@ -163,8 +243,12 @@ def _in_memory(
 
 
 def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> TrainData:
-    """Training loader (sharded over ``world`` ranks) and this rank's share of the test set."""
+    """Training loader (sharded over ``world`` ranks) and this rank's share of the test set,
+    at the resolution and with the augmentation of :func:`data_recipe`."""
     name = normalize_name(cfg.data.name)
+    if name not in NATIVE_SIZE:
+        raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
+    transform, size = data_recipe(cfg)
     if name == "digits":
         d = digits_lt(cfg.data.imbalance_ratio, cfg.data.profile)  # type: ignore[arg-type]
 
@@ -176,67 +260,116 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, padding=1, flip=False,
         )  # fmt: skip
         counts = d.class_counts.tolist()
-        return TrainData(train, test, counts, 10, 1, 8, _preset(cfg), balanced, split)
+        return TrainData(
+            train, test, counts, 10, 1, 8, _preset(cfg), balanced, split,
+            class_names=lambda: [str(i) for i in range(10)],
+        )  # fmt: skip
     if name in ("cifar10", "cifar100"):
         d_cfg = cfg.data
         profile: Any = d_cfg.profile
         lt = cifar_lt(d_cfg.root, name, d_cfg.imbalance_ratio, profile, 0, d_cfg.download)
         full_test = cifar_dataset(cfg.data.root, name, train=False)
+        style: dict[str, Any] = {"mean": CIFAR_MEAN, "std": CIFAR_STD}
+        if transform == "clip":  # RandomResizedCrop(size) of the upsampled image; test: resize
+            style = {"mean": CLIP_MEAN, "std": CLIP_STD, "size": size, "crop": "resized"}
         train, test, balanced, split = _in_memory(
             cfg, device, rank, world, (lt.images, lt.labels), (full_test.images, full_test.labels),
-            mean=CIFAR_MEAN, std=CIFAR_STD,
+            eval_batch_size(3, size), **style,
         )  # fmt: skip
         counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
-        return TrainData(train, test, counts, lt.num_classes, 3, 32, _preset(cfg), balanced, split)
-    if name in ("imagenet_lt", "inat2018"):
-        reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
-        train_set = reader(cfg.data.root, "train", cfg.data.train_list)
-        test_set = reader(
-            cfg.data.root, "test" if name == "imagenet_lt" else "val", cfg.data.test_list
-        )
-        if cfg.data.verify_images:  # every image opens, before any training is spent
-            verify_images(train_set)
-            verify_images(test_set)
-        sampler: Any = None
-        gen = torch.Generator().manual_seed(cfg.run.seed)
-        if world > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
-        kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        train_loader = DataLoader(
-            train_set,
-            cfg.train.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=gen if sampler is None else None,
-            drop_last=True,
-            persistent_workers=cfg.data.num_workers > 0,
-            **kw,  # type: ignore[arg-type]
-        )
-        shard = Subset(test_set, list(range(rank, len(test_set), world)))
-        test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
-        counts = train_set.class_counts.tolist()
-
-        def list_split(split_name: str) -> SplitSource:
-            from focalsam.data.transforms import imagenet_test_transform
-
-            plain = reader(
-                cfg.data.root, "train", cfg.data.train_list, transform=imagenet_test_transform()
-            )
-            return _dataset_source(plain if split_name == "train" else test_set, device)
-
         return TrainData(
-            _EpochDataLoader(train_loader, device, cfg.run.seed),
-            _EpochDataLoader(test_loader, device),
-            counts,
-            train_set.num_classes,
-            3,
-            224,
-            _preset(cfg),
-            split=list_split,
+            train, test, counts, lt.num_classes, 3, size, _preset(cfg), balanced, split,
+            class_names=lambda: _cifar_names(name),
+        )  # fmt: skip
+    return _image_lists(cfg, device, rank, world, name, transform, size)
+
+
+def _image_lists(
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    name: str,
+    transform: str,
+    size: int,
+) -> TrainData:
+    """ImageNet-LT / iNaturalist: DataLoader workers decode and augment with the recipe."""
+    from focalsam.data.transforms import recipe_transforms
+
+    reader = imagenet_lt if name == "imagenet_lt" else inaturalist2018
+    train_tf, test_tf = recipe_transforms(transform, name, size)
+    train_set = reader(cfg.data.root, "train", cfg.data.train_list, transform=train_tf)
+    test_set = reader(
+        cfg.data.root,
+        "test" if name == "imagenet_lt" else "val",
+        cfg.data.test_list,
+        transform=test_tf,
+    )
+    if cfg.data.verify_images:  # every image opens, before any training is spent
+        verify_images(train_set)
+        verify_images(test_set)
+    sampler: Any = None
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
+    kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(
+        train_set,
+        cfg.train.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen if sampler is None else None,
+        drop_last=True,
+        persistent_workers=cfg.data.num_workers > 0,
+        **kw,  # type: ignore[arg-type]
+    )
+    shard = Subset(test_set, list(range(rank, len(test_set), world)))
+    test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
+    counts = train_set.class_counts.tolist()
+
+    def list_split(split_name: str) -> SplitSource:
+        plain = reader(cfg.data.root, "train", cfg.data.train_list, transform=test_tf)
+        return _dataset_source(plain if split_name == "train" else test_set, device)
+
+    def class_names() -> list[str]:
+        if name == "imagenet_lt":
+            from focalsam.data.classnames import imagenet_class_names
+
+            return imagenet_class_names()
+        return _inat_names(cfg, train_set.num_classes)
+
+    return TrainData(
+        _EpochDataLoader(train_loader, device, cfg.run.seed),
+        _EpochDataLoader(test_loader, device),
+        counts,
+        train_set.num_classes,
+        3,
+        size,
+        _preset(cfg),
+        split=list_split,
+        class_names=class_names,
+    )
+
+
+def _cifar_names(name: str) -> list[str]:
+    from focalsam.data.classnames import cifar_class_names
+
+    return cifar_class_names(name)
+
+
+def _inat_names(cfg: TrainConfig, num_classes: int) -> list[str]:
+    """iNaturalist names from ``data.categories`` or ``ROOT/categories.json``."""
+    path = Path(cfg.data.categories or Path(cfg.data.root) / "categories.json")
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"iNaturalist class names (for a CLIP text head) need categories.json: {path} is "
+            "not a file; set data.categories=PATH"
         )
-    raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
+    from focalsam.data.classnames import inat_class_names
+
+    return inat_class_names(path, num_classes)
 
 
 def _preset(cfg: TrainConfig) -> str:

@@ -37,7 +37,7 @@ def build_model(
         extra["clip"] = ClipOptions(
             tuning=m.tuning, weights=m.clip_weights, pretrained=m.clip_pretrained,
             bottleneck=m.adapter_bottleneck, lora_rank=m.lora_rank, vpt_tokens=m.vpt_tokens,
-            text_init=text_init,
+            text_init=text_init, text_device=str(device),  # prompts encoded where we train
         )  # fmt: skip
         if text_init:
             names = data.class_names() if callable(data.class_names) else data.class_names
