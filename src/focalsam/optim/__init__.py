@@ -6,6 +6,7 @@ clean weights ``a`` and sharp weights ``b``. They wrap any torch optimizer and
 never import the trainer, so they fit any training loop.
 """
 
+from focalsam.optim._guard import SkipReport
 from focalsam.optim.cc_sam import CCSAM, ccsam_radius, validate_ccsam_counts
 from focalsam.optim.cc_sam_stage2 import (
     CCSAMStage2,
@@ -22,6 +23,7 @@ from focalsam.optim.class_weights import (
 )
 from focalsam.optim.engine import WeightedSAM
 from focalsam.optim.errors import (
+    AccumulationError,
     ClassCountsError,
     InvalidHyperparameterError,
     LabelError,
@@ -52,6 +54,7 @@ from focalsam.optim.registry import (
 from focalsam.optim.sam import SAM, PlainOptimizer
 
 __all__ = [
+    "AccumulationError",
     "BASE_OPTIMIZERS",
     "CCSAM",
     "CCSAMOptions",
@@ -65,6 +68,7 @@ __all__ = [
     "register_method",
     "CCSAMStage2",
     "SAM",
+    "SkipReport",
     "ClassCountsError",
     "FocalSAM",
     "ImbSAM",

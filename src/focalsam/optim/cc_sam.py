@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from focalsam.optim._ccsam_passes import CCSAMPasses
+from focalsam.optim._runner import validate_step_options
 from focalsam.optim._step import (
     TINY,
     BackwardFn,
@@ -88,6 +89,7 @@ from focalsam.optim.cc_sam_stage2 import (  # stage 2, importable from here too
 from focalsam.optim.class_weights import ClassCounts, validate_class_counts
 from focalsam.optim.engine import BatchNormUpdate
 from focalsam.optim.errors import (
+    AccumulationError,
     ClassCountsError,
     InvalidHyperparameterError,
     LabelError,
@@ -189,6 +191,11 @@ class CCSAM(CCSAMPasses):
         max_grad_norm: clip the final gradient to this norm before the base step.
         check_finite: raise :class:`NonFiniteLossError` (no step taken) when a
             forward returns NaN/inf losses.
+        strict_checks: ``None`` or ``True``: CC-SAM always checks on the host; it
+            plans its passes on the classes present in each batch, which it reads
+            there (one sync per step). ``False`` (sync-free) is refused.
+        sam_every: must be 1 (every step perturbs): accepted so a caller can pass
+            the engine's settings alike; other values are refused.
         **base_kwargs: the base optimizer's options (``lr``, ``momentum``, ...).
 
     ``step(closure, targets)``: ``closure()`` runs the forward pass and returns
@@ -199,6 +206,9 @@ class CCSAM(CCSAMPasses):
     (per tensor in per-tensor mode).
     ``state_dict`` is the base optimizer's state only. DDP is not handled
     specially (no ``no_sync``; network mode all-reduces in every backward).
+    :meth:`step_accumulated` is refused: each class's ``eps_c`` comes from that
+    class's mean gradient over the whole batch, and in classifier mode from the
+    whole batch's features, which micro-batches never hold at once.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
@@ -229,9 +239,21 @@ class CCSAM(CCSAMPasses):
         bn_update: BatchNormUpdate = "both",
         max_grad_norm: float | None = None,
         check_finite: bool = True,
+        strict_checks: bool | None = None,
+        sam_every: int = 1,
         **base_kwargs: Any,
     ) -> None:
         _validate_rho(rho)
+        validate_step_options(strict_checks, sam_every)
+        if strict_checks is False:
+            raise InvalidHyperparameterError(
+                "CC-SAM plans its passes on the classes present in each batch, read on the "
+                "host: it always checks strictly; use strict_checks=None or True"
+            )
+        if sam_every != 1:
+            raise InvalidHyperparameterError(
+                f"CC-SAM perturbs on every step: sam_every must be 1, got {sam_every}"
+            )
         if mode not in ("classifier", "network"):
             raise InvalidHyperparameterError(
                 f"mode must be 'classifier' (public code) or 'network' (paper), got {mode!r}"
@@ -319,6 +341,14 @@ class CCSAM(CCSAMPasses):
         if isinstance(out, tuple):
             return (losses.detach(), *out[1:])
         return losses.detach()
+
+    def step_accumulated(self, micro: Any, **kwargs: Any) -> list[Any]:
+        """Refused (:class:`AccumulationError`): see the class docstring."""
+        raise AccumulationError(
+            "CC-SAM cannot accumulate micro-batches: each class's eps_c comes from that "
+            "class's mean gradient over the whole batch (in classifier mode from the whole "
+            "batch's features), which no micro-batch holds; use step() on the whole batch"
+        )
 
     def second_stage(self, optimizer: Optimizer, **kwargs: Any) -> CCSAMStage2:
         """Stage 2 on the same classifier and class counts: ``optimizer`` holds the

@@ -11,50 +11,65 @@ sharp weights ``b_n`` (DESIGN section 3)::
 Plain training is ``a = 1, b = 0``; SAM is ``a = 0, b = 1``; ImbSAM and
 Focal-SAM use per-class weights. A backward pass whose weights are all zero is
 skipped, so SAM costs 2 forward + 2 backward passes and Focal-SAM 2 + 3.
+
+Three options of a step (:class:`WeightedSAM`):
+
+* gradient accumulation (:meth:`WeightedSAM.step_accumulated`): ``K`` micro-batches
+  make one step on their concatenation, with one ``eps`` from the whole ``g_b``
+  (:mod:`focalsam.optim._passes`);
+* sync-free steps (``strict_checks=False``): no host-device sync; a failed check
+  skips the update on the device (:mod:`focalsam.optim._guard`);
+* every-k sharpness-aware steps (``sam_every=k``): an approximation, see below.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from focalsam.optim._guard import SkipReport, StepGuard, host_state_reason
+from focalsam.optim._passes import StepState
+from focalsam.optim._runner import (
+    CLEAN_DONE,
+    IDLE,
+    PERTURBED,
+    MicroBatch,
+    StepRunner,
+    check_micro_batches,
+    validate_step_options,
+)
 from focalsam.optim._step import (
-    TINY,
     BackwardFn,
     BufferPool,
     DeviceCache,
     GradAllReduce,
     active_scaler,
-    check_losses,
-    check_targets,
-    checked_values,
     default_backward,
-    distributed,
-    ensure_finite,
-    losses_of,
-    zero_grads,
 )
 from focalsam.optim.class_weights import Weights, as_weights, is_zero
-from focalsam.optim.errors import InvalidHyperparameterError, LabelError, StepOrderError
+from focalsam.optim.errors import (
+    InvalidHyperparameterError,
+    LabelError,
+    StateDictError,
+    StepOrderError,
+)
 from focalsam.optim.wrapper import (
-    WrappedOptimizer,
     _validate_bn_update,
     _validate_max_grad_norm,
     _validate_rho,
 )
 
 BatchNormUpdate = Literal["both", "clean"]
+#: The state-dict key of the step count that ``sam_every`` cycles on.
+SAM_EVERY_KEY = "sam_every"
 
-_IDLE, _CLEAN_DONE, _PERTURBED = "idle", "clean-done", "perturbed"
 
-
-class WeightedSAM(WrappedOptimizer):
+class WeightedSAM(StepRunner):
     """Sharpness-aware minimization with per-class clean and sharp weights.
 
     ``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)``, with
@@ -72,7 +87,8 @@ class WeightedSAM(WrappedOptimizer):
         adaptive: ASAM's scale-invariant ascent ``rho * p^2 g / ||p g||``.
         model: the module being trained. Needed for ``bn_update="clean"`` and
             for DDP (its ``no_sync`` wraps the first forward and the clean
-            backward passes, so a step does one all-reduce).
+            backward passes, so a step does one all-reduce); in sync-free steps
+            its buffers are rolled back with the parameters when a step is skipped.
         bn_update: ``"both"`` (default, as the published code) updates
             BatchNorm running statistics in both forward passes; ``"clean"``
             freezes them during the perturbed pass.
@@ -80,13 +96,36 @@ class WeightedSAM(WrappedOptimizer):
             before the ascent, so a DDP run equals one process on the global
             batch (one extra all-reduce per step). Off: ``eps`` is per replica.
         max_grad_norm: clip the final gradient to this norm before the base step.
-        check_finite: raise :class:`NonFiniteLossError` (and take no step) when
-            a forward returns a NaN/inf loss. Costs one host sync per forward.
+        check_finite: check that losses (and, in sync-free steps, gradients) are
+            finite; a strict step raises :class:`NonFiniteLossError` and takes no step.
+        strict_checks: ``True``: check labels and losses on the host (one sync per
+            forward), raise at once, skip backward passes whose weights are all zero
+            for the batch. ``False``: no host-device sync in :meth:`step` /
+            :meth:`step_accumulated`; every pass of the rule runs, the checks fold
+            into a device flag and a failed step is undone on the device (parameters,
+            the base optimizer's state and ``model``'s buffers keep their values);
+            :meth:`take_skip_report` tells (under DDP the replicas agree through one
+            more all-reduce of one number per step). ``None`` (default): strict on the CPU,
+            sync-free for CUDA parameters when the base optimizer keeps its state on
+            the device (torch's Adam family needs ``capturable=True``).
+        sam_every: ``k >= 1``. Step ``i`` (counted from 0, saved in the state dict)
+            is sharpness-aware when ``i % k == 0``; the others take one pass with
+            ``eps = 0``: ``g = grad (1/B) sum_n (a_n + b_n) l_n(theta)`` (plain SGD
+            for SAM). ``k = 1`` is the exact rule. ``k > 1`` is an approximation in
+            the spirit of periodic SAM (perturb only every k-th step), without
+            reusing any gradient; it costs ``1 + 1/k`` (SAM) forward-backward pairs
+            per step instead of 2.
         **base_kwargs: options of the base optimizer (``lr``, ``momentum``, ...).
 
     Use it with :meth:`step` and a closure that runs the forward pass and
-    returns per-sample losses, or with the explicit phases
-    :meth:`first_step` / :meth:`second_step`.
+    returns per-sample losses, with :meth:`step_accumulated` and one closure per
+    micro-batch, or with the explicit phases :meth:`first_step` / :meth:`second_step`
+    (always strict, ``sam_every=1`` only).
+
+    A skipped sync-free step leaves state that the base optimizer created in it at
+    zero (as good as absent for SGD without dampening and for the Adam family); with an
+    fp16 ``GradScaler`` an overflow is the scaler's to skip (``scaler.step`` reads its
+    own flag) and is not reported, and the model's buffers are rolled back with it.
     """
 
     def __init__(
@@ -103,6 +142,8 @@ class WeightedSAM(WrappedOptimizer):
         ascent_all_reduce: bool = False,
         max_grad_norm: float | None = None,
         check_finite: bool = True,
+        strict_checks: bool | None = None,
+        sam_every: int = 1,
         **base_kwargs: Any,
     ) -> None:
         _validate_rho(rho)
@@ -112,6 +153,7 @@ class WeightedSAM(WrappedOptimizer):
                 "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
             )
         _validate_max_grad_norm(max_grad_norm)
+        validate_step_options(strict_checks, sam_every)
         self.clean_weights = as_weights(clean_weights, "clean_weights")
         self.sharp_weights = as_weights(sharp_weights, "sharp_weights")
         lengths = {
@@ -131,15 +173,28 @@ class WeightedSAM(WrappedOptimizer):
         self.ascent_all_reduce = ascent_all_reduce
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
+        self.strict_checks = strict_checks
+        self.sam_every = sam_every
+        if strict_checks is False:
+            trainable = self._trainable()
+            reason = trainable and host_state_reason(self.base_optimizer, trainable[0].device)
+            if reason:
+                raise InvalidHyperparameterError(
+                    f"strict_checks=False cannot roll back a skipped step: {reason}, "
+                    "or use strict_checks=True"
+                )
 
         self._weights = DeviceCache(self.clean_weights, self.sharp_weights)
         # Transient per-parameter buffers, allocated once, never saved.
         self._eps = BufferPool()
         self._backup = BufferPool()
         self._all_reduce = GradAllReduce()
-        self._phase = _IDLE
-        self._pending: dict[str, Any] = {}
+        self._guard = StepGuard()
+        self._steps = 0  # steps taken, for sam_every (saved in the state dict)
+        self._phase = IDLE
+        self._pending_step: StepState | None = None
         self._pending_params: list[Tensor] = []
+        self._perturbed_now = False
         self._warned_no_model = False
 
     # ------------------------------------------------------------------ API
@@ -156,9 +211,12 @@ class WeightedSAM(WrappedOptimizer):
         ``closure()`` runs the forward pass and returns the per-sample losses
         (shape ``(B,)``), or a tuple whose first element they are (the rest,
         e.g. logits, is passed through). It is called once at ``theta`` and,
-        unless every sharp weight of the batch is zero, once at
-        ``theta + eps``. ``targets`` are the labels ``(B,)`` that pick each
-        sample's weights. Gradients are zeroed here: no ``zero_grad`` needed.
+        unless every sharp weight of the batch is zero (strict steps) or this is
+        an off step of ``sam_every``, once at ``theta + eps``. ``targets`` are the
+        labels ``(B,)`` that pick each sample's weights. ``scaler``: an fp16
+        ``GradScaler`` (unscaled before the ascent norm; a step with an inf/NaN
+        gradient is skipped). ``backward(loss, retain_graph=False)`` replaces
+        ``loss.backward``. Gradients are zeroed here: no ``zero_grad`` needed.
 
         Returns the first call's output with its losses detached.
         """
@@ -167,17 +225,55 @@ class WeightedSAM(WrappedOptimizer):
                 f"{type(self).__name__}.step needs a closure returning per-sample losses; "
                 "for explicit phases call first_step(losses, targets) and second_step(losses)"
             )
-        with self.clean_context():
-            out = closure()
-            losses = losses_of(out)
-            perturbed = self.first_step(losses, targets, scaler=scaler, backward=backward)
-        if perturbed:
-            self.second_step(losses_of(closure()), backward=backward)
-        elif self._phase == _CLEAN_DONE:
-            self.second_step(None, backward=backward)
-        if isinstance(out, tuple):
-            return (losses.detach(), *out[1:])
-        return losses.detach()
+        return self._run([(closure, targets)], scaler, backward)[0]
+
+    def step_accumulated(
+        self,
+        micro: Sequence[MicroBatch],
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        backward: BackwardFn | None = None,
+    ) -> list[Any]:
+        """One update on ``K`` micro-batches, equal to :meth:`step` on their concatenation.
+
+        ``micro``: ``(closure_k, targets_k)`` pairs; ``closure_k()`` runs the forward
+        pass on micro-batch ``k`` and returns its per-sample losses (or a tuple starting
+        with them). With ``B = sum_k B_k``: every micro-batch's clean passes at
+        ``theta`` accumulate ``g_b`` and ``g_a`` (one graph held at a time); one
+        ``eps`` from the whole ``g_b`` (one norm); every micro-batch's forward and
+        backward at ``theta + eps``; one base step. Each closure is called twice
+        (once on off steps of ``sam_every``, and in a strict step when all its sharp
+        weights are zero). With ``K > 1`` each ``targets_k`` must
+        be given (its length ``B_k`` makes ``B`` before the first backward; SAM
+        ignores the values). Under DDP only the last backward all-reduces.
+        BatchNorm statistics see each micro-batch apart, so models with BatchNorm
+        match the one-batch step only approximately. ``K = 1`` is :meth:`step`.
+
+        Returns each micro-batch's first-call output, losses detached.
+
+        Example:
+            >>> model = torch.nn.Linear(4, 3)
+            >>> opt = WeightedSAM(model.parameters(), torch.optim.SGD, clean_weights=0.0,
+            ...                   sharp_weights=1.0, rho=0.05, lr=0.1)
+            >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            >>> def micro(xs, ys):
+            ...     ce = torch.nn.functional.cross_entropy
+            ...     return (lambda: ce(model(xs), ys, reduction="none")), ys
+            >>> outs = opt.step_accumulated([micro(x[:5], y[:5]), micro(x[5:], y[5:])])
+            >>> [o.shape[0] for o in outs]
+            [5, 3]
+        """
+        return self._run(check_micro_batches(micro), scaler, backward)
+
+    def take_skip_report(self) -> SkipReport | None:
+        """The steps skipped on the device since the last call, or ``None`` (one host
+        sync; it resets the counts). Strict steps raise instead and are never counted.
+
+        A training loop calls it at its natural sync points (epoch end, a log
+        interval) and stops the run with ``report.error()``, the error a strict step
+        would have raised.
+        """
+        return self._guard.report(self.num_classes)
 
     def clean_context(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the first forward and the clean backward passes.
@@ -187,22 +283,8 @@ class WeightedSAM(WrappedOptimizer):
         rule never takes a perturbed pass (all sharp weights zero), the clean
         backward must synchronize and this is a no-op too.
         """
-        if self._sharp_is_zero or not distributed():
-            return contextlib.nullcontext()
-        no_sync = getattr(self.model, "no_sync", None)
-        if no_sync is None:
-            if not self._warned_no_model:
-                self._warned_no_model = True
-                warnings.warn(
-                    f"{type(self).__name__} runs under torch.distributed without a DDP model: "
-                    "pass model=ddp_model so the clean passes skip their all-reduce "
-                    "(one all-reduce per step instead of three)",
-                    stacklevel=3,
-                )
-            return contextlib.nullcontext()
-        return no_sync()
+        return self._context(sync=self._sharp_is_zero)
 
-    @torch.no_grad()
     def first_step(
         self,
         losses: Tensor,
@@ -217,43 +299,23 @@ class WeightedSAM(WrappedOptimizer):
         (run it inside :meth:`clean_context` under DDP). Returns ``True`` when
         the parameters were perturbed and :meth:`second_step` needs the losses
         of a forward pass at ``theta + eps``; ``False`` when it needs none.
+        The explicit phases always check strictly and need ``sam_every=1``.
         """
-        if self._phase != _IDLE:
+        if self._phase != IDLE:
             raise StepOrderError(
                 "first_step called twice without second_step; call second_step to finish"
             )
-        batch = check_losses(losses)
-        if targets is not None:
-            targets = check_targets(targets, batch)
-        a, b = self._sample_weights(targets, losses)
-        run_a, run_b = self._decide(losses, targets, a, b)
-        backward_fn = backward or default_backward
-        scaler = active_scaler(scaler)
-        params = self._trainable()
-        zero_grads(params)
-        if run_b:
-            with torch.enable_grad():
-                backward_fn(_scaled(_weighted_mean(losses, b, batch), scaler), retain_graph=run_a)
-            inv_scale = 1.0 if scaler is None else 1.0 / float(scaler.get_scale())
-            if not self._ascent(params, inv_scale, check=scaler is not None):
-                # fp16 overflow in g_b: let the scaler see the inf and skip the step.
-                assert scaler is not None
-                self._pending = {"scaler": scaler, "skip": True}
-                self._phase = _CLEAN_DONE
-                return False
-            zero_grads(params)
-        if run_a:
-            with torch.enable_grad():
-                backward_fn(_scaled(_weighted_mean(losses, a, batch), scaler), retain_graph=False)
-        self._pending = {"scaler": scaler, "b": b, "batch": batch, "skip": False}
-        if run_b:
-            self._perturb()
-            self._phase = _PERTURBED
-            return True
-        self._phase = _CLEAN_DONE
-        return False
+        if self.sam_every != 1:
+            raise InvalidHyperparameterError(
+                f"sam_every={self.sam_every}: the explicit phases always take the "
+                "sharpness-aware step; use step() or step_accumulated()"
+            )
+        st = self._open(active_scaler(scaler), True, None, backward or default_backward)
+        self._clean(st, losses, targets, last=True)
+        self._pending_step = st
+        self._phase = PERTURBED if st.perturbed else CLEAN_DONE
+        return st.perturbed
 
-    @torch.no_grad()
     def second_step(
         self, losses: Tensor | None = None, *, backward: BackwardFn | None = None
     ) -> None:
@@ -263,37 +325,52 @@ class WeightedSAM(WrappedOptimizer):
         ``losses``: per-sample losses of a forward pass at ``theta + eps``, or
         ``None`` when :meth:`first_step` returned ``False``.
         """
-        if self._phase == _IDLE:
+        if self._phase == IDLE or self._pending_step is None:
             raise StepOrderError("second_step called before first_step")
-        pending, self._pending = self._pending, {}
+        st, self._pending_step = self._pending_step, None
+        st.backward = backward or default_backward
         try:
-            if self._phase == _PERTURBED:
+            if self._phase == PERTURBED:
                 if losses is None:
                     raise StepOrderError(
                         "first_step perturbed the parameters: second_step needs the losses "
                         "of a forward pass at theta + eps"
                     )
-                batch = check_losses(losses, expected=pending["batch"])
-                if self.check_finite:
-                    ensure_finite(
-                        losses,
-                        "the forward pass at theta + eps returned non-finite losses; "
-                        "the parameters were restored and no step was taken",
-                    )
-                with torch.enable_grad():
-                    fn = backward or default_backward
-                    fn(_scaled(_weighted_mean(losses, pending["b"], batch), pending["scaler"]))
+                self._sharp(st, 0, losses)
             elif losses is not None:
                 raise StepOrderError(
                     "first_step returned False (no perturbed pass): call second_step(None)"
                 )
         except BaseException:
             self._restore()
-            self._phase = _IDLE
+            self._phase = IDLE
             raise
-        self._restore()
-        self._phase = _IDLE
-        self._update(pending.get("scaler"), skip=pending.get("skip", False))
+        self._phase = IDLE
+        self._close(st)
+        self._steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state; with ``sam_every > 1`` also the step count."""
+        state = super().state_dict()
+        if self.sam_every != 1:
+            state[SAM_EVERY_KEY] = {"steps": self._steps, "every": self.sam_every}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` (the step count of ``sam_every`` when it holds one,
+        else the count restarts at 0)."""
+        steps: Any = 0
+        if isinstance(state_dict, dict) and SAM_EVERY_KEY in state_dict:
+            state_dict = dict(state_dict)
+            saved = state_dict.pop(SAM_EVERY_KEY)
+            steps = saved.get("steps") if isinstance(saved, dict) else None
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise StateDictError(
+                    f"the state dict's {SAM_EVERY_KEY!r} must be a dict with a step count "
+                    f"'steps' >= 0, got {saved!r}"
+                )
+        super().load_state_dict(state_dict)
+        self._steps = steps
 
     # -------------------------------------------------------------- helpers
     def _sample_weights(
@@ -313,86 +390,3 @@ class WeightedSAM(WrappedOptimizer):
             clean[idx] if isinstance(clean, Tensor) else clean,
             sharp[idx] if isinstance(sharp, Tensor) else sharp,
         )
-
-    def _decide(
-        self, losses: Tensor, targets: Tensor | None, a: float | Tensor, b: float | Tensor
-    ) -> tuple[bool, bool]:
-        """Check labels and losses, and decide which backward passes to run (one sync)."""
-        # Skipping on this batch's weights is data dependent: under DDP every
-        # replica must take the same passes, so only skip what is zero for all.
-        dynamic = not distributed()
-        extra = [w.ne(0).any() for w in (a, b) if dynamic and isinstance(w, Tensor)]
-        values = checked_values(losses, targets, self.num_classes, self.check_finite, extra)
-        run_a, run_b = not self._clean_is_zero, not self._sharp_is_zero
-        if dynamic and isinstance(a, Tensor):
-            run_a = bool(values.pop(0))
-        if dynamic and isinstance(b, Tensor):
-            run_b = bool(values.pop(0))
-        return run_a, run_b
-
-    def _ascent(self, params: list[Tensor], inv_scale: float, check: bool) -> bool:
-        """Write ``eps`` from the gradients in ``.grad``; False if they are not finite."""
-        with_grad = [p for p in params if p.grad is not None]
-        if not with_grad:
-            return True
-        grads = [p.grad for p in with_grad]
-        if inv_scale != 1.0:
-            torch._foreach_mul_(grads, inv_scale)  # type: ignore[arg-type]
-        if self.ascent_all_reduce and distributed():
-            self._all_reduce(params)
-            with_grad = params
-            grads = [p.grad for p in params]
-        eps = self._eps(with_grad)
-        torch._foreach_copy_(eps, grads)  # type: ignore[arg-type]
-        # Group the parameters by param group (rho, adaptive may differ per group).
-        groups = self._groups_of(with_grad)
-        for group, idx in groups:
-            if group["adaptive"]:
-                torch._foreach_mul_([eps[i] for i in idx], [with_grad[i] for i in idx])
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps)))
-        if check and not bool(torch.isfinite(norm)):
-            return False
-        for group, idx in groups:
-            sub = [eps[i] for i in idx]
-            if group["adaptive"]:
-                torch._foreach_mul_(sub, [with_grad[i] for i in idx])
-            torch._foreach_mul_(sub, group["rho"] / (norm + TINY))
-        self._pending_params = with_grad
-        return True
-
-    def _groups_of(self, params: list[Tensor]) -> list[tuple[dict[str, Any], list[int]]]:
-        if len(self.param_groups) == 1:
-            return [(self.param_groups[0], list(range(len(params))))]
-        owner = {p: gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
-        out: dict[int, list[int]] = {}
-        for i, p in enumerate(params):
-            out.setdefault(owner[p], []).append(i)
-        return [(self.param_groups[gi], idx) for gi, idx in out.items()]
-
-    def _perturb(self) -> None:
-        params = self._pending_params
-        backup = self._backup(params)
-        torch._foreach_copy_(backup, params)
-        torch._foreach_add_(params, [self._eps[p] for p in params])
-        if self.bn_update == "clean":
-            self._freeze_bn()
-
-    def _restore(self) -> None:
-        if self._phase != _PERTURBED:
-            return
-        params = self._pending_params
-        torch._foreach_copy_(params, [self._backup[p] for p in params])
-        self._unfreeze_bn()
-
-
-def _weighted_mean(losses: Tensor, weights: float | Tensor, batch: int) -> Tensor:
-    """``(1/B) sum_n w_n l_n``."""
-    if isinstance(weights, Tensor):
-        return torch.dot(losses, weights) / batch
-    if weights == 1.0:
-        return losses.sum() / batch
-    return losses.sum() * weights / batch
-
-
-def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
-    return loss if scaler is None else scaler.scale(loss)

@@ -42,3 +42,8 @@ class NonFiniteLossError(FloatingPointError):
 
 class StepOrderError(RuntimeError):
     """The explicit phases were called out of order (e.g. ``second_step`` first)."""
+
+
+class AccumulationError(OptimizerInputError):
+    """``step_accumulated`` was given something other than ``(closure, targets)`` pairs,
+    lacks labels it needs, or the optimizer cannot accumulate micro-batches."""

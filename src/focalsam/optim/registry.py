@@ -36,7 +36,10 @@ BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 #: Settings every sharpness-aware rule of the engine takes (see ``WeightedSAM``).
-SAM_SETTINGS = ("rho", "adaptive", "bn_update", "ascent_all_reduce", "max_grad_norm", "model")
+SAM_SETTINGS = (
+    "rho", "adaptive", "bn_update", "ascent_all_reduce", "max_grad_norm", "model",
+    "strict_checks", "sam_every",
+)  # fmt: skip
 
 
 def _finite(name: str, value: Any, low: float = 0.0) -> None:
@@ -159,6 +162,8 @@ class MethodSpec:
     later_stages: tuple[StageSpec, ...] = ()
     #: forward / backward passes per step, for reports (None: depends on the batch)
     passes: tuple[int, int] | None = None
+    #: whether the optimizer has ``step_accumulated`` (gradient accumulation)
+    accumulates: bool = True
 
     def default_options(self) -> Any:
         return self.options() if self.options is not None else None
@@ -330,7 +335,8 @@ class CCSAMClassifierStage:
 
 
 register_method(
-    MethodSpec("plain", PlainOptimizer, "the base optimizer alone", settings=("max_grad_norm", "model"),
+    MethodSpec("plain", PlainOptimizer, "the base optimizer alone",
+               settings=("max_grad_norm", "model", "strict_checks"),
                aliases=("sgd", "base", "none"), passes=(1, 1))
 )  # fmt: skip
 register_method(MethodSpec("sam", SAM, "SAM (Foret et al. 2021)", passes=(2, 2)))
@@ -348,8 +354,10 @@ register_method(
 )  # fmt: skip
 register_method(
     MethodSpec("ccsam", CCSAM, "CC-SAM (Zhou et al. CVPR 2023), two stages",
-               options=CCSAMOptions, settings=("bn_update", "max_grad_norm", "model"),
+               options=CCSAMOptions, settings=("bn_update", "max_grad_norm", "model",
+                         "strict_checks", "sam_every"),
                needs_class_counts=True, needs_classifier=True, aliases=("cc_sam",),
+               accumulates=False,
                later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, CCSAMClassifierStage),))
 )  # fmt: skip
 

@@ -134,6 +134,12 @@ class WrappedOptimizer(Optimizer):
         _validate_rho(param_group["rho"])
         base.add_param_group(param_group)
 
+    def take_skip_report(self) -> Any:
+        """Steps skipped on the device since the last call (a ``SkipReport``), or
+        ``None``: always ``None`` for an optimizer whose steps check strictly (they
+        raise instead). Optimizers with sync-free steps override it."""
+        return None
+
     # ------------------------------------------------------------ shared steps
     def _trainable(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
