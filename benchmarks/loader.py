@@ -1,6 +1,6 @@
 """Loading + augmenting one epoch of CIFAR-10-LT: DeviceLoader vs DataLoader + torchvision.
 
-    python benchmarks/loader.py [--root DIR] [--device cpu|cuda] [--repeats 3] [--json]
+    python benchmarks/loader.py [--root DIR] [--device cpu|cuda] [--repeats 3] [--limit N] [--json]
 
 Baseline: ``torch.utils.data.DataLoader`` (``--workers`` processes, 2 by default) over the
 uint8 arrays with the per-sample PIL pipeline ``RandomCrop(32, padding=4)``,
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default="cpu", help="device of the fast loader")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if tmp is not None:
             tmp.cleanup()
 
+    if args.limit is not None:
+        limit = slice(0, args.limit)
+        train = ArrayDataset(train.images[limit], train.labels[limit], train.num_classes)
     device = torch.device(args.device)
     baseline_ds = ArrayDataset(train.images, train.labels, transform=cifar_train_transform())
     t0 = time.perf_counter()

@@ -1,21 +1,35 @@
-"""Cost of one optimizer step: plain SGD, SAM, ImbSAM, Focal-SAM (and CC-SAM) on ResNet-32.
+"""Cost of one optimizer step: SGD, SAM, ImbSAM, Focal-SAM and CC-SAM, eager, compiled
+and captured, on ResNet-32 (CIFAR shape) or CLIP ViT-B/16 + AdaptFormer.
 
-Every method runs on the same model, data and device, interleaved round by
-round in one process (these machines are noisy), and the figures are medians
-of per-step wall times. Printed: time per step, ratios to SGD and
-Focal-SAM/SAM, and the optimizer's own share of a Focal-SAM step (its step
-minus the same 2 forward + 3 backward passes run bare, over its step).
+Every (method, mode) runs on its own model with the same initial weights and batch,
+interleaved round by round in one process (these machines are noisy); figures are
+medians of per-step wall times. Printed per mode: ms/step, ratios to SGD, Focal-SAM/SAM,
+peak memory on CUDA (``torch.cuda.max_memory_allocated`` over one step, reset before
+each), and the optimizer's own share of an eager Focal-SAM step (its step minus the same
+2 forward + 3 backward passes run bare, over its step). ``--strict`` adds eager
+Focal-SAM with ``strict_checks=True`` (host syncs for its checks) against ``False``
+(sync-free, checks on the device).
 
-    python benchmarks/step_cost.py                 # CPU, batch 64
-    python benchmarks/step_cost.py --device cuda --batch-size 512 --json
+Modes (``--mode``, comma list): ``eager``; ``compiled`` (model under torch.compile,
+mode default); ``captured`` (the whole step in one CUDA graph, focalsam.train.capture);
+``reduce_overhead`` (model under torch.compile mode "reduce-overhead": CUDA graphs of
+forward and backward only). The last two need CUDA and are reported as skipped elsewhere.
+
+    python benchmarks/step_cost.py                                   # CPU, batch 64, eager
+    python benchmarks/step_cost.py --device cuda --batch-size 64,512 \\
+        --mode eager,compiled,captured,reduce_overhead --strict --json
+    python benchmarks/step_cost.py --model vit_b16 --device cuda     # bf16, batch 128
     python benchmarks/step_cost.py --ccsam     # + CC-SAM vs Focal-SAM, CIFAR-100 shape
+
+``--model small_cnn``: the two-layer demo CNN at 16 px (smoke runs).
+``--model vit_b16``: random-weights CLIP ViT-B/16 with AdaptFormer at 224 px, bf16
+autocast, batch 128 on CUDA; on a CPU the reduced ``clip_tiny`` at batch 8. SGD, SAM,
+ImbSAM, Focal-SAM; the trainable fraction of the parameters is reported.
 
 With ``--ccsam`` a second section runs on CIFAR-100-LT-shaped batches (100
 classes, counts 500 ... 5): SGD, Focal-SAM and CC-SAM in both modes (public
 code: classifier-only perturbation; paper: whole network), with forward and
-backward passes counted by hooks: through the network (its forward, the first
-convolution's gradient) and through the classifier (its forward, its weight's
-gradient; the network's own passes included).
+backward passes counted by hooks.
 """
 
 from __future__ import annotations
@@ -24,95 +38,26 @@ import argparse
 import json
 import platform
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _steps import (
+    COUNTS100,
+    MODES,
+    SGD_KW,
+    WORKLOADS,
+    Skip,
+    Workload,
+    bare_passes,
+    buffer_megabytes,
+    long_tailed_batch,
+    make_step,
+)
 from _timing import interleaved_medians, sync
 
 from focalsam.models import resnet32
 from focalsam.optim import create_optimizer
-
-# CIFAR-10-LT / CIFAR-100-LT at imbalance ratio 100 (Cao et al.)
-COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-COUNTS100 = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
-
-
-SGD_KW = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}
-
-
-def long_tailed_batch(
-    batch_size: int, counts: list[int], device: torch.device, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-shaped random images; labels drawn with the long-tailed class frequencies."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
-    probs = torch.tensor(counts, dtype=torch.float64)
-    y = torch.multinomial(probs, batch_size, replacement=True, generator=gen).to(device)
-    return x, y
-
-
-def build_steps(
-    batch_size: int, device: torch.device, seed: int = 0
-) -> tuple[
-    dict[str, Callable[[], None]], dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]
-]:
-    """One model and one step function per method, same initial weights and data."""
-    x, y = long_tailed_batch(batch_size, COUNTS, device, seed)
-    methods = {
-        "sgd": None,
-        "sam": {"rho": 0.2},
-        "imbsam": {"rho": 0.2, "class_counts": COUNTS, "eta": 200},
-        "focal_sam": {"rho": 0.2, "class_counts": COUNTS, "gamma": 3.0, "lam": 0.5},
-    }
-    steps: dict[str, Callable[[], None]] = {}
-    models: dict[str, torch.nn.Module] = {}
-    optims: dict[str, torch.optim.Optimizer] = {}
-    for name, kw in methods.items():
-        torch.manual_seed(seed)
-        model = resnet32(num_classes=len(COUNTS)).to(device)
-        models[name] = model
-        if kw is None:
-            opt = torch.optim.SGD(model.parameters(), **SGD_KW)
-
-            def sgd_step(model=model, opt=opt) -> None:
-                opt.zero_grad(set_to_none=False)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-
-            steps[name] = sgd_step
-        else:
-            sam = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
-
-            def sam_step(model=model, opt=sam) -> None:
-                opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
-
-            steps[name] = sam_step
-            opt = sam
-        optims[name] = opt
-
-    # The passes of a Focal-SAM step with no optimizer work: 2 forward + 3 backward.
-    bare = resnet32(num_classes=len(COUNTS)).to(device)
-    weights = torch.rand(batch_size, device=device)
-
-    def bare_passes() -> None:
-        for p in bare.parameters():
-            p.grad = None
-        losses = F.cross_entropy(bare(x), y, reduction="none")
-        (losses @ weights).backward(retain_graph=True)
-        (losses @ (1 - weights)).backward()
-        (F.cross_entropy(bare(x), y, reduction="none") @ weights).backward()
-
-    steps["bare_2f3b"] = bare_passes
-    models["bare_2f3b"] = bare
-    return steps, models, optims
-
-
-def buffer_megabytes(opt: torch.optim.Optimizer) -> float:
-    """Memory the optimizer holds between steps: base state plus SAM buffers."""
-    tensors = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    for attr in ("_eps", "_backup"):
-        tensors += list(getattr(opt, attr, {}).values())
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def ccsam_section(
@@ -171,83 +116,216 @@ def ccsam_section(
     }
 
 
-def measure(
-    batch_size: int, device: torch.device, rounds: int, steps_per_round: int, warmup: int
-) -> dict:
-    steps, models, optims = build_steps(batch_size, device)
-    peak: dict[str, float] = {}
-    for name, fn in steps.items():
-        for _ in range(warmup):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            fn()
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"error: {type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def build(
+    wl: Workload, modes: list[str], device: torch.device, warmup: int, strict: bool, backend: str
+) -> tuple[dict[str, Callable[[], object]], dict[str, torch.optim.Optimizer], dict[str, str]]:
+    """Warmed-up step functions labelled ``method/mode``; what could not run, and why."""
+    steps: dict[str, Callable[[], object]] = {}
+    optims: dict[str, torch.optim.Optimizer] = {}
+    skipped: dict[str, str] = {}
+    plan = [(m, mode, None, f"{m}/{mode}") for mode in modes for m in wl.methods]
+    if strict and "focal_sam" in wl.methods:
+        plan += [("focal_sam", "eager", s, f"focal_sam_{n}/eager")
+                 for s, n in ((True, "strict"), (False, "syncfree"))]  # fmt: skip
+    keep: list[Any] = []  # models stay alive as long as their steps
+    for method, mode, strict_checks, label in plan:
+        try:
+            fn, model, opt = make_step(wl, method, mode, device, strict_checks, backend=backend)
+            for _ in range(warmup):
+                fn()
             sync(device)
-            peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    med = interleaved_medians(steps, device, rounds, steps_per_round)
-    result = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-        "rounds": rounds,
-        "steps_per_round": steps_per_round,
-        "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
-        "ratio_to_sgd": {k: round(med[k] / med["sgd"], 3) for k in ("sam", "imbsam", "focal_sam")},
-        "focal_sam_over_sam": round(med["focal_sam"] / med["sam"], 3),
-        "focal_sam_optimizer_share": round(
-            (med["focal_sam"] - med["bare_2f3b"]) / med["focal_sam"], 4
-        ),
+        except Skip as exc:
+            skipped[label] = str(exc)
+            continue
+        except Exception as exc:  # recorded; the benchmark goes on
+            skipped[label] = _error(exc)
+            continue
+        keep.append(model)
+        steps[label], optims[label] = fn, opt
+    if "eager" in modes and "focal_sam" in wl.methods:
+        steps["bare_2f3b/eager"] = bare_passes(wl, device)
+        steps["bare_2f3b/eager"]()
+    return steps, optims, skipped
+
+
+def peak_memory(steps: dict[str, Callable[[], object]], device: torch.device) -> dict[str, float]:
+    """MB: the most allocated during one step of each (statistics reset before each)."""
+    peak: dict[str, float] = {}
+    if device.type != "cuda":
+        return peak
+    for label, fn in steps.items():
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        peak[label] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
+
+
+def summarize(med: dict[str, float], modes: list[str]) -> dict[str, Any]:
+    """Per mode: ms/step, ratios to SGD, Focal-SAM/SAM; per non-eager mode: speed-up."""
+    by_mode: dict[str, dict[str, float]] = {}
+    for label, seconds in med.items():
+        method, mode = label.split("/")
+        by_mode.setdefault(mode, {})[method] = round(seconds * 1e3, 3)
+    out: dict[str, Any] = {"median_ms": by_mode, "ratio_to_sgd": {}, "focal_sam_over_sam": {}}
+    for mode, ms in by_mode.items():
+        if "sgd" in ms:
+            out["ratio_to_sgd"][mode] = {k: round(v / ms["sgd"], 3) for k, v in ms.items()}
+        if "focal_sam" in ms and "sam" in ms:
+            out["focal_sam_over_sam"][mode] = round(ms["focal_sam"] / ms["sam"], 3)
+    eager = by_mode.get("eager", {})
+    out["speedup_over_eager"] = {
+        mode: {k: round(eager[k] / v, 3) for k, v in ms.items() if k in eager}
+        for mode, ms in by_mode.items()
+        if mode != "eager"
+    }
+    if "focal_sam" in eager and "bare_2f3b" in eager:
+        out["focal_sam_optimizer_share"] = round(
+            (eager["focal_sam"] - eager["bare_2f3b"]) / eager["focal_sam"], 4
+        )
+    if "focal_sam_strict" in eager and "focal_sam_syncfree" in eager:
+        out["syncfree_over_strict"] = round(
+            eager["focal_sam_syncfree"] / eager["focal_sam_strict"], 3
+        )
+    return out
+
+
+def measure(
+    wl: Workload, modes: list[str], device: torch.device, rounds: int, steps_per_round: int,
+    warmup: int, strict: bool, backend: str = "inductor",
+) -> dict[str, Any]:  # fmt: skip
+    """Time every (method, mode) of the workload at its batch size."""
+    steps, optims, skipped = build(wl, modes, device, warmup, strict, backend)
+    peak = peak_memory(steps, device)
+    med = interleaved_medians(steps, device, rounds, steps_per_round) if steps else {}
+    result: dict[str, Any] = {
+        "batch_size": int(wl.x.shape[0]),
+        "input_shape": list(wl.x.shape[1:]),
+        **summarize(med, modes),
+        "skipped": skipped,
         "optimizer_buffers_mb": {k: round(buffer_megabytes(o), 3) for k, o in optims.items()},
     }
     if peak:
-        result["peak_allocated_mb"] = {k: round(v, 1) for k, v in peak.items()}
-    del models
+        result["peak_allocated_mb"] = peak
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
+def trainable_fraction(wl: Workload) -> dict[str, Any]:
+    """Trainable and total parameters of the workload's model."""
+    model = wl.make_model()
+    count = getattr(model, "trainable_parameter_count", None)
+    total = getattr(model, "total_parameter_count", None)
+    trainable = (
+        int(count())
+        if callable(count)
+        else sum(p.numel() for p in model.parameters() if p.requires_grad)
+    )
+    every = int(total()) if callable(total) else sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": every, "fraction": round(trainable / every, 5)}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps-per-round", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--ccsam", action="store_true", help="add the CC-SAM section (slow on a CPU)"
+    p.add_argument("--model", default="resnet32", choices=tuple(WORKLOADS))
+    p.add_argument(
+        "--batch-size", default=None, help="comma list (default 64; vit_b16: 128 on CUDA, 8 on CPU)"
     )
-    parser.add_argument("--ccsam-rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", default="eager", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument(
+        "--methods", default=None, help="comma list (default: every method of the model)"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="add Focal-SAM strict_checks True vs False"
+    )
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of 'compiled'")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps-per-round", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--ccsam", action="store_true", help="add the CC-SAM section (slow on a CPU)")
+    p.add_argument("--ccsam-rounds", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    bad = [m for m in args.mode.split(",") if m not in MODES]
+    if bad:
+        p.error(f"--mode: unknown {bad}; valid: {', '.join(MODES)}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    r = measure(args.batch_size, device, args.rounds, args.steps_per_round, args.warmup)
+    modes = args.mode.split(",")
+    default = "64" if args.model != "vit_b16" else ("128" if device.type == "cuda" else "8")
+    sizes = [int(b) for b in (args.batch_size or default).split(",")]
+    out: dict[str, Any] = {
+        "model": args.model, "device": device_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "modes": modes, "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round, "by_batch": {},
+    }  # fmt: skip
+    for size in sizes:
+        try:
+            wl = WORKLOADS[args.model](size, device)
+        except Skip as exc:
+            out["skipped"] = str(exc)
+            return out
+        if args.methods:
+            wl.methods = {k: v for k, v in wl.methods.items() if k in args.methods.split(",")}
+        out["workload"], out["autocast"] = wl.name, str(wl.autocast) if wl.autocast else None
+        if args.model == "vit_b16" and "trainable" not in out:
+            out["trainable"] = trainable_fraction(wl)
+        out["by_batch"][str(size)] = measure(
+            wl, modes, device, args.rounds, args.steps_per_round, args.warmup, args.strict,
+            args.backend,
+        )  # fmt: skip
     if args.ccsam:
-        r["ccsam"] = ccsam_section(args.batch_size, device, args.ccsam_rounds, warmup=1)
-    if args.json:
-        print(json.dumps(r))
-        return
-    print(
-        f"ResNet-32, batch {r['batch_size']}, {r['device']} ({r['threads']} threads), "
-        f"medians of {r['rounds']} x {r['steps_per_round']} interleaved steps"
-    )
-    print(f"{'method':<12}{'ms/step':>10}{'x SGD':>8}{'buffers MB':>12}")
-    for name, ms in r["median_ms"].items():
-        ratio = ms / r["median_ms"]["sgd"]
-        buf = r["optimizer_buffers_mb"].get(name, float("nan"))
-        print(f"{name:<12}{ms:>10.1f}{ratio:>8.2f}{buf:>12.2f}")
-    print(
-        f"Focal-SAM / SAM: {r['focal_sam_over_sam']:.3f}  (target <= 1.40; 2f+3b vs 2f+2b ~ 1.33)"
-    )
-    print(
-        f"optimizer's own share of a Focal-SAM step: {100 * r['focal_sam_optimizer_share']:.1f}%  (target < 5%)"
-    )
-    if "peak_allocated_mb" in r:
-        print("peak allocated MB:", r["peak_allocated_mb"])
+        out["ccsam"] = ccsam_section(sizes[0], device, args.ccsam_rounds, warmup=1)
+    return out
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"{r.get('workload', r['model'])} on {r['device']} ({r['threads']} threads), torch "
+          f"{r['torch']}, medians of {r['rounds']} x {r['steps_per_round']} interleaved steps")  # fmt: skip
+    if "skipped" in r:
+        print("skipped:", r["skipped"])
+    if "trainable" in r:
+        t = r["trainable"]
+        print(
+            f"trainable parameters: {t['trainable']:,} of {t['total']:,} ({100 * t['fraction']:.2f}%)"
+        )
+    for size, b in r["by_batch"].items():
+        print(f"\nbatch {size}, input {b['input_shape']}")
+        peak = b.get("peak_allocated_mb", {})
+        print(f"{'method':<20}{'mode':<17}{'ms/step':>10}{'x SGD':>8}{'peak MB':>10}")
+        for mode, ms in b["median_ms"].items():
+            for name, v in ms.items():
+                ratio = b["ratio_to_sgd"].get(mode, {}).get(name, float("nan"))
+                mem = peak.get(f"{name}/{mode}", float("nan"))
+                print(f"{name:<20}{mode:<17}{v:>10.2f}{ratio:>8.2f}{mem:>10.1f}")
+        for mode, v in b["focal_sam_over_sam"].items():
+            print(f"Focal-SAM / SAM ({mode}): {v:.3f}")
+        if "focal_sam_optimizer_share" in b:
+            print(f"optimizer's own share of an eager Focal-SAM step: "
+                  f"{100 * b['focal_sam_optimizer_share']:.1f}%")  # fmt: skip
+        if "syncfree_over_strict" in b:
+            print(f"Focal-SAM sync-free / strict: {b['syncfree_over_strict']:.3f}")
+        for label, why in b["skipped"].items():
+            print(f"skipped {label}: {why}")
     if "ccsam" in r:
         c = r["ccsam"]
         print(f"\nCIFAR-100 shape: 100 classes, {c['classes_in_batch']} present in the batch")
@@ -256,10 +334,18 @@ def main() -> None:
         )
         for name, ms in c["median_ms"].items():
             p = c["passes_per_step"][name]
-            extra = f"; {p['classifier_forward']}/{p['classifier_backward']}"
-            print(
-                f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}  {p['forward']}/{p['backward']}{extra}"
-            )
+            print(f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}"
+                  f"  {p['forward']}/{p['backward']}; {p['classifier_forward']}/{p['classifier_backward']}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    r = run(args)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print_report(r)
+    return r
 
 
 if __name__ == "__main__":
