@@ -390,6 +390,8 @@ def validate_config(cfg: TrainConfig) -> None:
     data_recipe(cfg)
     if o.sam_every < 1:
         raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
+    if r.cuda_graph:
+        _check_cuda_graph(cfg)
     if t.accum_steps < 1 or t.batch_size % t.accum_steps:
         raise ConfigError(
             f"train.accum_steps must be >= 1 and divide train.batch_size={t.batch_size}, "
@@ -406,6 +408,23 @@ def validate_config(cfg: TrainConfig) -> None:
     channels = {"digits": 1}.get(normalize_name(d.name), 3)
     if normalize_name(m.name) == "resnet50" and channels != 3:
         raise ConfigError(f"model resnet50 takes 3-channel images; {d.name} has {channels}")
+
+
+def _check_cuda_graph(cfg: TrainConfig) -> None:
+    """What a captured step cannot hold, refused before any run starts."""
+    o, r = cfg.optim, cfg.run
+    bad = [
+        (r.precision == "fp16", "precision=fp16 (its GradScaler syncs with the host)"),
+        (o.strict_checks is True, "optim.strict_checks=true (eager checks sync)"),
+        (o.sam_every != 1, "optim.sam_every > 1"),
+        (cfg.train.accum_steps != 1, "train.accum_steps > 1"),
+        (canonical_name(o.name) == "ccsam", "ccsam (its passes depend on the batch's classes)"),
+        (r.compile, "run.compile (choose one of compile and cuda_graph)"),
+        (r.device == "cpu", "device=cpu"),
+    ]
+    for hit, what in bad:
+        if hit:
+            raise ConfigError(f"run.cuda_graph cannot capture a step with {what}")
 
 
 TUNINGS = ("adaptformer", "lora", "vpt_shallow", "vpt_deep", "bias", "layernorm", "full")

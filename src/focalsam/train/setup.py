@@ -173,6 +173,10 @@ def build_run(
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids)
     if cfg.run.compile:  # the same parameters, traced; checkpoints hold the plain module's
+        import torch._functorch.config as functorch_config
+
+        # a SAM-family step's first backward may free the graph the next one reuses
+        functorch_config.donated_buffer = False
         train_model = torch.compile(train_model, mode=cfg.run.compile_mode)  # type: ignore[assignment]
     loss_fn = cfg.loss.build(data.class_counts).to(rt.device)
     stages = build_stages(cfg, model, train_model, loss_fn, data.class_counts, steps, rt)

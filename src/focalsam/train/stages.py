@@ -59,7 +59,7 @@ class OptimizerStage:
         rho_milestones = t.rho_milestones if t.rho_schedule == "step" else []
         self.rho = RhoSchedule(self.optimizer, rho_milestones, t.rho_decay)
         self.accum_steps = t.accum_steps
-        if self.accum_steps > 1 and not hasattr(self.optimizer, "step_accumulated"):
+        if self.accum_steps > 1 and not spec.accumulates:
             raise ConfigError(
                 f"train.accum_steps={self.accum_steps}: {spec.name} does not accumulate "
                 "gradients; leave it at 1"
@@ -67,13 +67,19 @@ class OptimizerStage:
         self.model, self.train_model, self.loss_fn, self.rt = model, train_model, loss_fn, rt
         self.scaler = rt.make_scaler()
         self.loader_name = "train"
+        self.cuda_graph = cfg.run.cuda_graph
+        if self.cuda_graph and rt.device.type != "cuda":
+            raise ConfigError(f"run.cuda_graph captures CUDA work; the run is on {rt.device}")
+        if self.cuda_graph and rt.world > 1:
+            raise ConfigError("run.cuda_graph captures one process's step: run it without DDP")
+        self._captured: Any = None
 
     def start_epoch(self, epoch: int) -> dict[str, Any]:
         """Set this epoch's rho and loss weights (deferred re-weighting); what to log."""
         self.model.train()
         self.loss_fn.set_epoch(epoch)
         rho = self.rho.set_epoch(epoch)
-        return {"stage": 1, "lr": self.optimizer.param_groups[0]["lr"], "rho": rho}
+        return {"stage": 1, "lr": float(self.optimizer.param_groups[0]["lr"]), "rho": rho}
 
     def step_fn(self, epoch: int) -> StepFn:
         model, loss_fn, rt = self.train_model, self.loss_fn, self.rt
@@ -87,7 +93,9 @@ class OptimizerStage:
             return closure
 
         def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-            if self.accum_steps == 1:
+            if self.cuda_graph:
+                losses, logits = self._replay(x, y)
+            elif self.accum_steps == 1:
                 losses, logits = self.optimizer.step(closure_of(x, y), y, scaler=self.scaler)
             else:  # one step over the whole batch, its passes micro-batch by micro-batch
                 micro = [(closure_of(xm, ym), ym) for xm, ym in zip(
@@ -100,6 +108,21 @@ class OptimizerStage:
 
         return step
 
+    def _replay(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The whole step from one CUDA graph, captured on the first batch; a batch of
+        another shape (the last, partial one) runs the same step eagerly."""
+        from focalsam.train.capture import CapturedStep
+
+        if self._captured is None:
+            dtype = torch.bfloat16 if self.rt.precision == "bf16" else None
+            self._captured = CapturedStep(
+                self.optimizer, self.train_model, self.loss_fn, x, y, autocast=dtype
+            )
+        if x.shape == self._captured.program.x.shape:
+            losses, logits = self._captured(x, y)
+            return losses, logits
+        return self._captured.eager(x, y)  # type: ignore[no-any-return]
+
     def skipped_steps(self) -> Any:
         """Steps the optimizer skipped on the device since the last call (one sync), or
         ``None``; the epoch function asks at its end."""
@@ -107,8 +130,13 @@ class OptimizerStage:
         return take() if take is not None else None
 
     def state_dict(self) -> dict[str, Any]:
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a captured step keeps lr, rho on the device
+            for key in ("lr", "rho"):
+                if isinstance(group.get(key), Tensor):
+                    group[key] = float(group[key])
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
