@@ -227,8 +227,9 @@ def write_outputs(spec: CompareSpec, out: Path, parallel: int) -> dict[str, Any]
     """``compare.json``, ``compare.md``, ``accuracy_vs_throughput.png``, ``per_class.png``
     from the finished runs' reports; returns the compare document."""
     reports = load_reports(spec, out)
-    passes = {o: get_method(o).passes for o in spec.optimizers}
-    base = spec.run_config(spec.optimizers[0], spec.seeds[0], out).optim.base
+    first = {o: spec.run_config(o, spec.seeds[0], out) for o in spec.optimizers}
+    passes = {o: get_method(o).passes_per_step(c.optim.sam_every) for o, c in first.items()}
+    base = first[spec.optimizers[0]].optim.base
     record = {**spec.record(), "base_optimizer": base, "parallel": parallel}
     doc = summarize(reports, passes, record)
     atomic_write(out / "compare.json", json.dumps(doc, indent=2))

@@ -151,7 +151,7 @@ def _cells(doc: dict[str, Any], name: str, base: str) -> list[str]:
         *acc,
         _pm(row["best_test_epoch"]["overall"]),
         _pm(row["images_per_second"], 1.0, 0),
-        f"{passes[0]} / {passes[1]}" if passes else "varies",
+        f"{passes[0]:g} / {passes[1]:g}" if passes else "varies",
         _pm(row["wall_seconds"], 1.0, 1),
         _pm(row["peak_gpu_memory_mb"], 1.0, 0),
     ]

@@ -162,6 +162,16 @@ class MethodSpec:
     later_stages: tuple[StageSpec, ...] = ()
     #: forward / backward passes per step, for reports (None: depends on the batch)
     passes: tuple[int, int] | None = None
+
+    def passes_per_step(self, sam_every: int = 1) -> tuple[float, float] | None:
+        """Mean (forward, backward) passes per step when every ``sam_every``-th step is
+        sharpness-aware and the others take one forward and one backward pass."""
+        if self.passes is None:
+            return None
+        k = sam_every
+        fwd, bwd = ((n + (k - 1)) / k for n in self.passes)
+        return (int(fwd) if fwd.is_integer() else fwd, int(bwd) if bwd.is_integer() else bwd)
+
     #: whether the optimizer has ``step_accumulated`` (gradient accumulation)
     accumulates: bool = True
 

@@ -390,6 +390,13 @@ def validate_config(cfg: TrainConfig) -> None:
     data_recipe(cfg)
     if o.sam_every < 1:
         raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
+    if o.sam_every != 1 and "sam_every" not in spec.settings:
+        raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
+    if t.accum_steps > 1 and not spec.accumulates:
+        raise ConfigError(
+            f"train.accum_steps={t.accum_steps}: {spec.name} does not accumulate gradients "
+            "(its passes depend on the whole batch's classes); leave it at 1"
+        )
     if r.cuda_graph:
         _check_cuda_graph(cfg)
     if t.accum_steps < 1 or t.batch_size % t.accum_steps:

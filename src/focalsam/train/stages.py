@@ -43,8 +43,6 @@ class OptimizerStage:
             "ascent_all_reduce": o.ascent_all_reduce, "max_grad_norm": o.max_grad_norm,
             "model": train_model, "strict_checks": o.strict_checks, "sam_every": o.sam_every,
         }  # fmt: skip
-        if o.sam_every != 1 and "sam_every" not in spec.settings:
-            raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
         self.optimizer: Any = spec.build(
             model.parameters(), o.base, options=cfg.method_options(), class_counts=class_counts,
             classifier=classifier_of(model) if spec.needs_classifier else None,
@@ -58,12 +56,7 @@ class OptimizerStage:
         )  # fmt: skip
         rho_milestones = t.rho_milestones if t.rho_schedule == "step" else []
         self.rho = RhoSchedule(self.optimizer, rho_milestones, t.rho_decay)
-        self.accum_steps = t.accum_steps
-        if self.accum_steps > 1 and not spec.accumulates:
-            raise ConfigError(
-                f"train.accum_steps={self.accum_steps}: {spec.name} does not accumulate "
-                "gradients; leave it at 1"
-            )
+        self.accum_steps = t.accum_steps  # validate_config checked the method accumulates
         self.model, self.train_model, self.loss_fn, self.rt = model, train_model, loss_fn, rt
         self.scaler = rt.make_scaler()
         self.loader_name = "train"

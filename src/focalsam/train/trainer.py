@@ -153,7 +153,8 @@ class Trainer:
             self.history, self.best, run_dir=str(self.run_dir), method=p.method,
             shot_preset=p.data.shot_preset, select=self.cfg.train.select,
             class_counts=p.data.class_counts, config=to_dict(self.cfg),
-            passes_per_step=get_method(p.method).passes, peak_gpu_memory_mb=peak,
+            passes_per_step=get_method(p.method).passes_per_step(self.cfg.optim.sam_every),
+            peak_gpu_memory_mb=peak,
         )  # fmt: skip
         p.run_dir.write_text("report.json", json.dumps(out, indent=2))
         return out
