@@ -13,8 +13,6 @@ and all of it before any directory or file is created.
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +21,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from focalsam.errors import InputError
 from focalsam.losses.registry import LossOptions
-from focalsam.metrics import SHOT_PRESETS
-from focalsam.models import MODELS
-from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
 from focalsam.train.errors import ConfigError
-from focalsam.train.presets import get_preset, list_presets
-
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
+from focalsam.train.presets import get_preset
+from focalsam.train.validation import validate_config
 
 
 def _f(default: Any, help: str) -> Any:
@@ -303,183 +296,6 @@ def _explain(exc: OmegaConfBaseException) -> str:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         return f"unknown config key {key!r}; {hint}(focalsam train --help lists every key)"
     return f"bad value for config key {key!r}: {msg}"
-
-
-def _number(key: str, value: Any, *, low: float | None = None, above: float | None = None) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value)
-    ok = ok and (low is None or value >= low) and (above is None or value > above)
-    if not ok:
-        bound = f" >= {low:g}" if low is not None else f" > {above:g}" if above is not None else ""
-        raise ConfigError(f"{key} must be a finite number{bound}, got {value!r}")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Every range, name and capability check; raises :class:`ConfigError`."""
-    from focalsam.optim import OptimizerInputError
-
-    d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.run
-    if cfg.preset is not None:
-        _choice("preset", cfg.preset, list_presets())
-    _choice("data.name", normalize_name(d.name), DATASETS)
-    _choice("data.profile", d.profile, ("exp", "step"))
-    _number("data.imbalance_ratio", d.imbalance_ratio, low=1)
-    if d.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
-    if d.shot_preset is not None:
-        _choice("data.shot_preset", d.shot_preset, sorted(SHOT_PRESETS))
-    _choice("model.name", normalize_name(m.name), MODELS)
-    try:
-        cfg.loss.validate()
-        spec = get_method(o.name)
-        options = cfg.method_options()
-        for name in list_optimizers():  # every method's section, warnings for the chosen one
-            section = getattr(o, name, None)
-            if section is None:
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                section.validate()
-            for w in caught if name == spec.name else []:
-                warnings.warn(str(w.message), UserWarning, stacklevel=3)
-    except (InputError, OptimizerInputError) as exc:
-        raise ConfigError(str(exc)) from None
-    _choice("optim.base", normalize_name(o.base), sorted(BASE_OPTIMIZERS))
-    _number("optim.lr", o.lr, above=0)
-    _number("optim.momentum", o.momentum, low=0)
-    if o.momentum >= 1:
-        raise ConfigError(f"optim.momentum must be < 1, got {o.momentum}")
-    _number("optim.weight_decay", o.weight_decay, low=0)
-    _number("optim.rho", o.rho, low=0)
-    if o.max_grad_norm is not None:
-        _number("optim.max_grad_norm", o.max_grad_norm, above=0)
-    _choice("optim.bn_update", o.bn_update, ("both", "clean"))
-    if o.nesterov and (normalize_name(o.base) != "sgd" or o.momentum == 0):
-        raise ConfigError("optim.nesterov needs optim.base=sgd and optim.momentum > 0")
-    for key in ("epochs", "batch_size", "eval_every"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    _choice("train.lr_schedule", t.lr_schedule, ("cosine", "step", "constant"))
-    _choice("train.rho_schedule", t.rho_schedule, ("constant", "step"))
-    _choice("train.select", t.select, ("last", "best"))
-    _number("train.lr_decay", t.lr_decay, above=0)
-    _number("train.rho_decay", t.rho_decay, low=0)
-    _number("train.warmup_epochs", t.warmup_epochs, low=0)
-    if t.warmup_epochs > t.epochs:
-        raise ConfigError(f"train.warmup_epochs must be <= train.epochs, got {t.warmup_epochs}")
-    for key in ("lr_milestones", "rho_milestones"):
-        values = getattr(t, key)
-        if any(v < 1 for v in values) or list(values) != sorted(set(values)):
-            raise ConfigError(f"train.{key} must be increasing epochs >= 1, got {list(values)}")
-    _choice("run.precision", r.precision, ("fp32", "bf16", "fp16", "auto"))
-    _choice(
-        "run.compile_mode",
-        r.compile_mode,
-        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    )
-    if d.image_size is not None and d.image_size < 8:
-        raise ConfigError(f"data.image_size must be >= 8, got {d.image_size}")
-    _choice("data.transform", d.transform, ("auto", "standard", "clip", "imagenet_r50", "inat_r50"))
-    _check_model(cfg)
-    from focalsam.train.data_setup import data_recipe  # the recipe the dataset offers
-
-    data_recipe(cfg)
-    if o.sam_every < 1:
-        raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
-    if o.sam_every != 1 and "sam_every" not in spec.settings:
-        raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
-    if t.accum_steps > 1 and not spec.accumulates:
-        raise ConfigError(
-            f"train.accum_steps={t.accum_steps}: {spec.name} does not accumulate gradients "
-            "(its passes depend on the whole batch's classes); leave it at 1"
-        )
-    if r.cuda_graph:
-        _check_cuda_graph(cfg)
-    if t.accum_steps < 1 or t.batch_size % t.accum_steps:
-        raise ConfigError(
-            f"train.accum_steps must be >= 1 and divide train.batch_size={t.batch_size}, "
-            f"got {t.accum_steps}"
-        )
-    _check_device(r.device)
-    # capabilities
-    stages = [s for s in spec.later_stages if s.epochs(options) > 0]
-    if stages and normalize_name(d.name) in ("imagenet_lt", "inat2018"):
-        raise ConfigError(
-            f"{spec.name}'s {stages[0].kind} stage needs class-balanced batches, which "
-            f"{d.name} does not offer yet: set optim.{spec.name}.stage2_epochs=0"
-        )
-    channels = {"digits": 1}.get(normalize_name(d.name), 3)
-    if normalize_name(m.name) == "resnet50" and channels != 3:
-        raise ConfigError(f"model resnet50 takes 3-channel images; {d.name} has {channels}")
-
-
-def _check_cuda_graph(cfg: TrainConfig) -> None:
-    """What a captured step cannot hold, refused before any run starts."""
-    o, r = cfg.optim, cfg.run
-    bad = [
-        (r.precision == "fp16", "precision=fp16 (its GradScaler syncs with the host)"),
-        (o.strict_checks is True, "optim.strict_checks=true (eager checks sync)"),
-        (o.sam_every != 1, "optim.sam_every > 1"),
-        (cfg.train.accum_steps != 1, "train.accum_steps > 1"),
-        (canonical_name(o.name) == "ccsam", "ccsam (its passes depend on the batch's classes)"),
-        (r.compile, "run.compile (choose one of compile and cuda_graph)"),
-        (r.device == "cpu", "device=cpu"),
-    ]
-    for hit, what in bad:
-        if hit:
-            raise ConfigError(f"run.cuda_graph cannot capture a step with {what}")
-
-
-TUNINGS = ("adaptformer", "lora", "vpt_shallow", "vpt_deep", "bias", "layernorm", "full")
-
-
-def _check_model(cfg: TrainConfig) -> None:
-    m = cfg.model
-    clip = normalize_name(m.name).startswith("clip")
-    _choice("model.tuning", m.tuning, TUNINGS)
-    for key in ("adapter_bottleneck", "lora_rank", "vpt_tokens"):
-        value = getattr(m, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"model.{key} must be >= 1, got {value}")
-    if not clip:
-        for key in ("clip_weights", "clip_pretrained"):
-            if getattr(m, key) is not None:
-                raise ConfigError(f"model.{key} is for CLIP models; model.name is {m.name!r}")
-        return
-    if normalize_name(cfg.data.name) == "digits":
-        raise ConfigError(f"{m.name} takes 3-channel images; digits has 1 (use cifar10/100, ...)")
-    if normalize_name(m.name) == "clip_vit_b16" and cfg.data.image_size not in (None, 224):
-        raise ConfigError(
-            f"clip_vit_b16 takes 224-px images; got data.image_size={cfg.data.image_size}"
-        )
-    if normalize_name(m.name) == "clip_vit_b16" and not (m.clip_weights or m.clip_pretrained):
-        raise ConfigError(
-            "clip_vit_b16 needs its weights: clip_weights=PATH to OpenAI's ViT-B-16.pt "
-            "(README: foundation models), clip_pretrained=openai when online, or "
-            "clip_weights=random for benchmarks"
-        )
-    if m.clip_weights not in (None, "random") and not Path(m.clip_weights).is_file():
-        raise ConfigError(
-            f"model.clip_weights: {m.clip_weights} is not a file; get OpenAI's ViT-B-16.pt "
-            "(see the README's foundation-model section) and give its path"
-        )
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N; got {device!r}")
 
 
 def config_yaml(cfg: TrainConfig) -> str:

@@ -24,7 +24,6 @@ from focalsam.data import (
     CIFAR_STD,
     CLIP_MEAN,
     CLIP_STD,
-    RECIPES,
     DataNotFoundError,
     DeviceLoader,
     cifar_dataset,
@@ -37,12 +36,11 @@ from focalsam.data import (
 )
 from focalsam.metrics import LongTailAccuracy, default_shot_preset
 from focalsam.names import normalize_name
-from focalsam.train.config import DATASETS, ConfigError, TrainConfig
+from focalsam.train.config import ConfigError, TrainConfig
+from focalsam.train.validation import DATASETS, NATIVE_SIZE, data_recipe
 
 DIGITS_MEAN, DIGITS_STD = (0.3,), (0.4,)
 #: the datasets' own resolutions, and the models that need another
-NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet_lt": 224, "inat2018": 224}
-MODEL_INPUT_SIZE = {"clip_vit_b16": 224}
 #: values of the largest test batch of the in-memory sets (1000 CIFAR images: 3M values)
 TEST_BATCH_VALUES = 1 << 25
 
@@ -147,59 +145,6 @@ class _EpochDataLoader:
         nb = self.device.type == "cuda"
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
-
-
-def data_recipe(cfg: TrainConfig) -> tuple[str, int]:
-    """``(transform, image_size)`` of a run: ``data.transform`` with ``auto`` resolved, and
-    ``data.image_size`` or, when unset, the model's input size (224 for ``clip_vit_b16``) or
-    else the dataset's own (digits 8, CIFAR 32, ImageNet-LT / iNaturalist 224).
-
-    ``auto``: ``clip`` for a ``clip_*`` model; ``imagenet_r50`` / ``inat_r50`` for resnet50 on
-    ImageNet-LT / iNaturalist; else ``standard``. Raises :class:`ConfigError` for a recipe the
-    dataset does not offer: digits only ``standard`` at 8 px (CLIP needs 3 channels), CIFAR
-    ``standard`` (32 px only) or ``clip`` (any size).
-    """
-    name = normalize_name(cfg.data.name)
-    model = normalize_name(cfg.model.name)
-    transform = cfg.data.transform
-    if transform == "auto":
-        if model.startswith("clip_"):
-            transform = "clip"
-        elif model == "resnet50" and name in ("imagenet_lt", "inat2018"):
-            transform = "imagenet_r50" if name == "imagenet_lt" else "inat_r50"
-        else:
-            transform = "standard"
-    if transform not in RECIPES:
-        raise ConfigError(
-            f"data.transform must be auto or one of {', '.join(RECIPES)}, got {transform!r}"
-        )
-    if name not in NATIVE_SIZE:
-        raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
-    size = cfg.data.image_size
-    if size is None:
-        size = MODEL_INPUT_SIZE.get(model, NATIVE_SIZE[name])
-    if size < 1:
-        raise ConfigError(f"data.image_size must be >= 1, got {size}")
-    native = NATIVE_SIZE[name]
-    if name == "digits" and (transform != "standard" or size != native):
-        raise ConfigError(
-            f"digits (1 channel, {native} px) takes data.transform=standard at "
-            f"data.image_size={native}, got {transform} at {size} (CLIP needs 3-channel images: "
-            "use cifar10/cifar100/imagenet_lt/inat2018)"
-        )
-    if name in ("cifar10", "cifar100"):
-        if transform not in ("standard", "clip"):
-            raise ConfigError(
-                f"{name} takes data.transform=standard or clip, got {transform} (the ResNet-50 "
-                "recipes are for imagenet_lt / inat2018)"
-            )
-        if transform == "standard" and size != native:
-            raise ConfigError(
-                f"data.transform=standard on {name} is the {native}-px padding crop, got "
-                f"data.image_size={size}: use data.transform=clip (RandomResizedCrop) or "
-                f"data.image_size={native}"
-            )
-    return transform, int(size)
 
 
 def eval_batch_size(channels: int, size: int, largest: int = 1000) -> int:
