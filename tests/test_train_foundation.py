@@ -226,3 +226,40 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_stops_the_run(tmp_path, 
     floating = [k for k in before if before[k].is_floating_point()]  # weights, BN statistics
     assert floating and all(torch.equal(before[k], after[k]) for k in floating)
     assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
+
+
+def test_compile_true_trains_like_eager(tmp_path, monkeypatch):
+    """run.compile wraps the model in torch.compile (here with the aot_eager backend, to
+    keep CI fast; tests/test_compile.py runs inductor): same weights to float32 tolerance."""
+    compiled = []
+    real = torch.compile
+
+    def compile_aot_eager(model: Any, mode: str = "default", **kw: Any) -> Any:
+        compiled.append(mode)
+        return real(model, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    weights = []
+    for flag in (False, True):
+        cfg = demo_config(tmp_path / f"c{flag}", epochs=1, compile=flag)
+        with silent_trainer(cfg) as t:
+            t.fit()
+            weights.append({k: v.clone() for k, v in t.model.state_dict().items()})
+    assert compiled == ["default"]
+    eager, comp = weights
+    assert all(torch.allclose(eager[k].float(), comp[k].float(), atol=1e-5) for k in eager)
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [("device=cpu", "device=cpu"), ("precision=fp16", "precision=fp16"),
+     ("optimizer=ccsam", "ccsam"), ("sam_every=2", "optim.sam_every > 1"),
+     ("strict_checks=true", "optim.strict_checks=true")],
+)  # fmt: skip
+def test_cuda_graph_refuses_what_it_cannot_capture_before_any_run(extra, why, capsys, tmp_path):
+    run = tmp_path / "r"
+    code = main(["train", "--preset", "demo", "cuda_graph=true", f"run_dir={run}", extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"run.cuda_graph cannot capture a step with {why}" in err[0]
+    assert not run.exists()
