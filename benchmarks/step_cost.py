@@ -314,9 +314,11 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"{'method':<20}{'mode':<17}{'ms/step':>10}{'x SGD':>8}{'peak MB':>10}")
         for mode, ms in b["median_ms"].items():
             for name, v in ms.items():
-                ratio = b["ratio_to_sgd"].get(mode, {}).get(name, float("nan"))
-                mem = peak.get(f"{name}/{mode}", float("nan"))
-                print(f"{name:<20}{mode:<17}{v:>10.2f}{ratio:>8.2f}{mem:>10.1f}")
+                ratio = b["ratio_to_sgd"].get(mode, {}).get(name)
+                mem = peak.get(f"{name}/{mode}")
+                shown = "n/a" if ratio is None else f"{ratio:.2f}"
+                memory = "n/a" if mem is None else f"{mem:.1f}"  # CUDA only
+                print(f"{name:<20}{mode:<17}{v:>10.2f}{shown:>8}{memory:>10}")
         for mode, v in b["focal_sam_over_sam"].items():
             print(f"Focal-SAM / SAM ({mode}): {v:.3f}")
         if "focal_sam_optimizer_share" in b:
