@@ -243,3 +243,22 @@ def test_demo_prints_mean_std_and_a_noise_verdict(tmp_path, capsys):
     assert "SAM vs SGD" in out and ("within noise" in out or "outside the spread" in out)
     doc = json.loads((tmp_path / "demo" / "compare.json").read_text())
     assert [r["n"] for r in doc["rows"].values()] == [3, 3, 3]
+
+
+def test_an_interrupted_compare_says_to_rerun_the_compare(tmp_path, monkeypatch, capsys):
+    """SIGINT inside an in-process run: the hint is the compare command, not a single
+    run's --resume (which would leave the compare's other runs undone)."""
+    from focalsam.train import Trainer
+
+    def interrupted(self):
+        self.request_stop("SIGINT")
+        raise TrainingInterrupted(
+            f"SIGINT: saved {self.run_dir / 'last.pt'} at epoch 1, step 2; continue with "
+            f"focalsam train --resume {self.run_dir}"
+        )
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    out = tmp_path / "cut"
+    assert main(compare_argv(out, seeds="0")) == 130
+    err = capsys.readouterr().err
+    assert "run the same compare command (with --out" in err and "train --resume" not in err

@@ -68,22 +68,28 @@ def _threads(n: int) -> Iterator[None]:
 
 def _run_in_process(spec: CompareSpec, opt: str, seed: int, out: Path) -> None:
     """One run in this process, started or resumed (what ``focalsam train`` does)."""
-    from focalsam.train import Trainer
+    from focalsam.train import Trainer, TrainingInterrupted
     from focalsam.train.resume import resume_config
 
     run_dir = out / spec.run_name(opt, seed)
     quiet: Log = lambda _m: None
     if torch.cuda.is_available():  # each run's own peak, not the process's so far
         torch.cuda.reset_peak_memory_stats()
-    with _threads(spec.threads):
-        if run_state(run_dir) == "interrupted":
-            cfg, changes = resume_config(run_dir, {"progress": False})
-            with Trainer(cfg, resume=run_dir, resume_changes=changes, log=quiet) as trainer:
-                trainer.fit()
-        else:
-            cfg = spec.run_config(opt, seed, out)
-            with Trainer(cfg, log=quiet) as trainer:
-                trainer.fit()
+    try:
+        with _threads(spec.threads):
+            if run_state(run_dir) == "interrupted":
+                cfg, changes = resume_config(run_dir, {"progress": False})
+                with Trainer(cfg, resume=run_dir, resume_changes=changes, log=quiet) as trainer:
+                    trainer.fit()
+            else:
+                cfg = spec.run_config(opt, seed, out)
+                with Trainer(cfg, log=quiet) as trainer:
+                    trainer.fit()
+    except TrainingInterrupted as exc:  # the compare, not the single run, is what to re-run
+        saved = str(exc).split("; continue with")[0]
+        raise TrainingInterrupted(
+            f"{saved}; run the same compare command (with --out {out}) to continue"
+        ) from None
 
 
 def _child_argv(spec: CompareSpec, opt: str, seed: int, out: Path) -> list[str]:
