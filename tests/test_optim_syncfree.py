@@ -120,6 +120,23 @@ def test_sync_free_equals_strict(name):
     assert o2.take_skip_report() is None
 
 
+def test_imbsam_without_tail_samples_keeps_batchnorm_statistics_like_strict():
+    """A batch with no tail class: strict skips the perturbed forward (all sharp weights
+    zero); sync-free runs it (no host read to decide) and must put the statistics back."""
+    m1, m2 = tiny_model(), tiny_model()
+    o1, o2 = build("imbsam", m1, strict_checks=True), build("imbsam", m2, strict_checks=False)
+    calls = {1: 0, 2: 0}
+    m1.register_forward_hook(lambda *_: calls.__setitem__(1, calls[1] + 1))
+    m2.register_forward_hook(lambda *_: calls.__setitem__(2, calls[2] + 1))
+    for step, (x, y) in enumerate(tiny_batches(4)):
+        if step % 2 == 0:
+            y = y.clamp(max=1)  # classes 0 and 1 only: no tail sample (eta=10: tail 2, 3)
+        o1.step(per_sample_ce(m1, x, y), y)
+        o2.step(per_sample_ce(m2, x, y), y)
+    assert calls[1] < calls[2]  # the sync-free step really ran the extra forwards
+    assert_same(snapshot(m1, o1), snapshot(m2, o2))
+
+
 class NoSync(TorchDispatchMode):
     """Fails on every op that reads a tensor's value on the host."""
 

@@ -76,14 +76,30 @@ class StepRunner(SharpPasses):
             if st.perturbed:
                 todo = [k for k, run in enumerate(st.run_sharp) if run]
                 for j, k in enumerate(todo):
+                    kept = None if st.strict else self._keep_buffers(st.sharp[k])
                     with self._context(sync=j == len(todo) - 1):
                         self._sharp(st, k, losses_of(micro[k][0]()))
+                    if kept is not None:
+                        _put_back(*kept)
         except BaseException:
             self._restore()
             raise
         self._close(st)
         self._steps += 1
         return outs
+
+    @torch.no_grad()
+    def _keep_buffers(self, sharp: Any) -> tuple[list[Tensor], list[Tensor], Tensor] | None:
+        """Sync-free: a micro-batch whose sharp weights are all zero (ImbSAM with no tail
+        sample) still runs its perturbed forward, which a strict step skips; its buffers
+        (BatchNorm statistics) are kept to be put back, so both modes train the same."""
+        model = getattr(self, "model", None)
+        if model is None or not isinstance(sharp, Tensor):
+            return None
+        buffers = list(model.buffers())
+        if not buffers:
+            return None
+        return buffers, [b.clone() for b in buffers], sharp.ne(0).any()
 
     def _strict_now(self, params: list[Tensor]) -> bool:
         """Whether this step checks on the host (see ``strict_checks``)."""
@@ -141,6 +157,13 @@ def _total(micro: list[MicroBatch]) -> int | None:
             )
         total += check_targets(targets).shape[0]
     return total
+
+
+@torch.no_grad()
+def _put_back(buffers: list[Tensor], saved: list[Tensor], ran: Tensor) -> None:
+    """Each buffer as it is when ``ran`` (a device bool), else as it was saved."""
+    for buf, old in zip(buffers, saved):
+        buf.copy_(torch.where(ran, buf, old))
 
 
 def _detached(out: Any, losses: Tensor) -> Any:

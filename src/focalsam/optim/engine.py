@@ -123,9 +123,12 @@ class WeightedSAM(StepRunner):
     (always strict, ``sam_every=1`` only).
 
     A skipped sync-free step leaves state that the base optimizer created in it at
-    zero (as good as absent for SGD without dampening and for the Adam family); with an
-    fp16 ``GradScaler`` an overflow is the scaler's to skip (``scaler.step`` reads its
-    own flag) and is not reported, and the model's buffers are rolled back with it.
+    zero (as good as absent for SGD without dampening and for the Adam family). With an
+    fp16 ``GradScaler`` a step is not free of syncs: ``scaler.step`` reads its own
+    ``found_inf`` on the host (torch's GradScaler), and an overflow is the scaler's to
+    skip, not reported; the model's buffers are rolled back with it only when the
+    overflow is in the ascent gradient (as in a strict step, BatchNorm statistics of a
+    step the scaler skips are kept). Sync-free steps want bf16 or fp32.
     """
 
     def __init__(
