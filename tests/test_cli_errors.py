@@ -149,3 +149,15 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="model.name"):
         main(["--debug", *DEMO, "model=foo"])
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import focalsam.cli as cli
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_presets", interrupted)
+    assert cli.main(["presets"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("focalsam: interrupted")

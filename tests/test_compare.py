@@ -151,6 +151,19 @@ def test_a_single_seed_gives_no_noise_estimate():
     assert len(rows) == 2 and not any("~" in ln for ln in rows)
 
 
+def test_rows_with_one_seed_beside_rows_with_more_are_said_to_have_no_estimate():
+    """A diverged seed leaves one row with a single run: the others are still compared,
+    the legend stays, and that row is named as never marked."""
+    doc = summarize(_fake({"plain": [0.80, 0.82], "focal_sam": [0.81, 0.83], "sam": [0.5]}), {}, {})
+    said = verdicts(doc)
+    assert any(v.startswith("Focal-SAM vs SGD") and "within noise" in v for v in said)
+    assert any(v.startswith("SAM vs SGD") and "no noise estimate" in v for v in said)
+    assert said[-1] == "one seed only, so never marked ~: SAM"
+    text = markdown(doc)
+    assert "~b: within noise of the baseline" in text
+    assert "~" not in text.split("| SAM |")[1].splitlines()[0]
+
+
 # ------------------------------------------------------------------ resume
 def test_rerun_keeps_finished_runs_and_completes_the_others(sequential, tmp_path):
     out = tmp_path / "resumed"

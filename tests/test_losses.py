@@ -168,6 +168,19 @@ def test_drw_schedule_and_ldam_drw():
     assert ce(t(Z), ty()).item() == pytest.approx((np_ce(Z, Y) * w[Y]).sum(), rel=1e-6)
 
 
+def test_drw_switches_its_weights_in_place():
+    """A captured CUDA-graph step reads the weight's storage, so the epoch's switch must
+    write into it rather than rebind the buffer."""
+    loss = create_loss("ldam_drw", class_counts=COUNTS, reduction="none")
+    loss.set_epoch(0)
+    where = loss.weight.data_ptr()
+    loss.set_epoch(160)
+    assert loss.weight.data_ptr() == where
+    np.testing.assert_allclose(loss.weight.numpy(), loss.drw(160).numpy())
+    loss.set_epoch(3)  # back before the switch (a resumed run re-selects its epoch)
+    assert loss.weight.data_ptr() == where and loss.weight.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_reductions():
     w = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
     per = np_ce(Z, Y) * w.numpy()[Y]

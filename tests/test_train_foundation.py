@@ -263,3 +263,16 @@ def test_cuda_graph_refuses_what_it_cannot_capture_before_any_run(extra, why, ca
     assert code == 2 and len(err) == 1, err
     assert f"run.cuda_graph cannot capture a step with {why}" in err[0]
     assert not run.exists()
+
+
+def test_a_longer_resume_replays_the_schedule_without_torchs_order_warning(tmp_path):
+    import warnings
+
+    with silent_trainer(demo_config(tmp_path / "r", epochs=1)) as t:
+        t.fit()
+    cfg = demo_config(tmp_path / "r", epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with silent_trainer(cfg, resume=tmp_path / "r", resume_changes={"train.epochs": 2}) as t:
+            t.fit()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]

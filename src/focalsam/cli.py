@@ -383,6 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"focalsam: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # outside a training loop (set-up, writing the outputs)
+        if debug:
+            raise
+        print(
+            f"focalsam: interrupted; what was finished is kept (run `focalsam {args.command}` "
+            "again to continue where it can)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

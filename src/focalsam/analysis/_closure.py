@@ -27,9 +27,10 @@ memory at a time), so ``batches`` may be as large as the data set.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +59,14 @@ def _weights(batches: Batches) -> list[float]:
     return [n / total for n in sizes]
 
 
+def twice_differentiable() -> contextlib.AbstractContextManager[Any]:
+    """Attention by the math kernel: the fused (flash, memory-efficient) kernels of
+    ``scaled_dot_product_attention`` have no double backward (a ViT's Hessian needs it)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def _grads(out: Tensor, params: Sequence[Tensor], create_graph: bool = False) -> list[Tensor]:
     """``torch.autograd.grad`` with zeros for parameters the output does not depend on."""
     gs = torch.autograd.grad(out, list(params), allow_unused=True, create_graph=create_graph)
@@ -67,7 +76,8 @@ def _grads(out: Tensor, params: Sequence[Tensor], create_graph: bool = False) ->
 def dataset_loss(model: nn.Module, loss_fn: LossFn, batches: Batches) -> Tensor:
     """The mean loss over all samples, ``sum_b loss_fn(model(x_b), y_b) * n_b / N``,
     as one differentiable scalar (the graphs of all batches are kept)."""
-    terms = [loss_fn(model(x), y) * w for (x, y), w in zip(batches, _weights(batches))]
+    with twice_differentiable():
+        terms = [loss_fn(model(x), y) * w for (x, y), w in zip(batches, _weights(batches))]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
@@ -104,7 +114,8 @@ def _double_backward_term(
     model: nn.Module, loss_fn: LossFn, params: Sequence[Tensor], vector: Sequence[Tensor]
 ) -> _BatchHVP:
     def term(x: Tensor, y: Tensor, w: float) -> list[Tensor] | None:
-        loss = loss_fn(model(x), y) * w
+        with twice_differentiable():
+            loss = loss_fn(model(x), y) * w
         g = _grads(loss, params, create_graph=True)
         dot = sum(((gi * vi).sum() for gi, vi in zip(g, vector) if gi.requires_grad), start=0.0)
         if not isinstance(dot, Tensor):  # the loss is linear in params: H = 0
@@ -135,7 +146,8 @@ def _func_term(
             state = {**fixed, **dict(zip(names, ps))}
             return loss_fn(functional_call(model, state, (x,)), y) * w
 
-        with warnings.catch_warnings():  # torch's one-time notice on first forward AD
+        with warnings.catch_warnings(), twice_differentiable():
+            # torch's one-time notice on first forward AD
             warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
             return jvp(grad(loss_at), (primals,), (tangents,))[1]
 

@@ -165,7 +165,13 @@ HEADER = [
 
 
 def _has_spread(doc: dict[str, Any]) -> bool:
-    return all(r["last_epoch"]["overall"]["n"] >= 2 for r in doc["rows"].values())
+    """Whether any row has a noise estimate (two seeds or more)."""
+    return any(r["last_epoch"]["overall"]["n"] >= 2 for r in doc["rows"].values())
+
+
+def _single_seed_rows(doc: dict[str, Any]) -> list[str]:
+    base = doc.get("base_optimizer", "sgd")
+    return [label(n, base) for n, r in doc["rows"].items() if r["last_epoch"]["overall"]["n"] < 2]
 
 
 def verdicts(doc: dict[str, Any]) -> list[str]:
@@ -183,11 +189,14 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
         if name == b:
             continue
         c = row["vs_baseline"]["overall"]
+        if c["diff"] is None:
+            continue
+        head = f"{label(name, base)} vs {label(b, base)}: {100 * c['diff']:+.2f} points overall, "
+        if c["within_noise"] is None:  # one side has a single seed
+            out.append(head + "no noise estimate (a row with one seed)")
+            continue
         verdict = "within noise" if c["within_noise"] else "outside the spread"
-        out.append(
-            f"{label(name, base)} vs {label(b, base)}: {100 * c['diff']:+.2f} points overall, "
-            f"{verdict} (spread {100 * c['spread']:.2f})"
-        )
+        out.append(head + f"{verdict} (spread {100 * c['spread']:.2f})")
     top = doc["best"]["overall"]
     if top is not None:
         tied = [label(n, base) for n, r in rows.items()
@@ -196,6 +205,9 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
             f"best overall: {label(top, base)}; within noise of it: "
             + (", ".join(tied) if tied else "none")
         )
+    single = _single_seed_rows(doc)
+    if single:
+        out.append(f"one seed only, so never marked ~: {', '.join(single)}")
     return out
 
 

@@ -104,8 +104,14 @@ class LongTailLoss(nn.Module):
         """Select the DRW weights of ``epoch`` (0-based); a no-op without ``drw``."""
         self.epoch = int(epoch)
         if self.drw is not None:
-            device = self.weight.device if self.weight is not None else None
-            self.weight = self.drw.weights(epoch).to(device)
+            new = self.drw.weights(epoch)
+            if self.weight is not None and self.weight.shape == new.shape:
+                # in place: a captured CUDA-graph step keeps reading this storage
+                with torch.no_grad():
+                    self.weight.copy_(new)
+            else:
+                device = self.weight.device if self.weight is not None else None
+                self.weight = new.to(device)
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The unweighted per-sample loss (a kernel of :mod:`~focalsam.losses.functional`)."""

@@ -3,6 +3,7 @@ any later stage the spec declares (CC-SAM: the classifier on balanced batches)."
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -142,9 +143,12 @@ class OptimizerStage:
             self.scaler.load_state_dict(state["scaler"])
 
     def fast_forward(self, steps: int) -> None:
-        """Replay ``steps`` scheduler steps (a resumed run whose length changed)."""
-        for _ in range(steps):
-            self.scheduler.step()
+        """Replay ``steps`` scheduler steps (a resumed run whose length changed); torch's
+        warning about a scheduler stepped before its optimizer does not apply here."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for _ in range(steps):
+                self.scheduler.step()
 
 
 class ClassifierStage:
