@@ -4,6 +4,7 @@ gradient accumulation and the device-side skip of a non-finite step."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ from focalsam.train import ConfigError, TrainingDiverged, TrainingInterrupted, m
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from focalsam.train.presets import list_presets
 
-pytest.importorskip("open_clip")
 Image = pytest.importorskip("PIL.Image")
+#: the CLIP tests need the `clip` extra; the rest of this file does not
+needs_clip = pytest.mark.skipif(
+    importlib.util.find_spec("open_clip") is None, reason="needs open_clip (the clip extra)"
+)
 
 QUIET = {"progress": False, "tensorboard": False}
 
@@ -67,6 +71,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
 
+@needs_clip
 def test_a_tuned_clip_run_saves_its_trainable_parameters_and_backbone(cifar_root, tmp_path):
     with silent_trainer(_clip_run(cifar_root, tmp_path / "run", epochs=1)) as t:
         t.fit()
@@ -81,6 +86,7 @@ def test_a_tuned_clip_run_saves_its_trainable_parameters_and_backbone(cifar_root
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@needs_clip
 def test_a_clip_run_resumes_exactly_and_refuses_another_backbone(cifar_root, tmp_path):
     with silent_trainer(_clip_run(cifar_root, tmp_path / "whole")) as t:
         t.fit()
@@ -161,7 +167,9 @@ def test_a_clip_preset_without_weights_is_one_clear_line(capsys, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", LARGE)
+@pytest.mark.parametrize(
+    "preset", [pytest.param(p, marks=needs_clip) if "clip" in p else p for p in LARGE]
+)
 def test_every_large_preset_runs_with_every_optimizer(preset, cifar_root, list_root, tmp_path):
     for name in list_optimizers():
         keys = _preset_overrides(preset, cifar_root, list_root, tmp_path / name)
