@@ -27,10 +27,9 @@ import torch
 from torch import Tensor
 
 from focalsam.data.resample import (
-    center_crop_box,
     random_resized_crop_boxes,
     resample_crops,
-    resized_shape,
+    resampling_plan,
 )
 from focalsam.data.samplers import class_balanced_indices, epoch_generator
 from focalsam.errors import DataError
@@ -166,7 +165,10 @@ class DeviceLoader:
             raise DataError(f"std must be positive, got {tuple(std)}")
         if not dtype.is_floating_point:
             raise DataError(f"dtype must be a floating dtype, got {dtype}")
-        self._configure_resampling(int(x.shape[2]), int(x.shape[3]), augment, size, crop, resize)
+        plan = resampling_plan(int(x.shape[2]), int(x.shape[3]), augment, size, crop, resize)
+        self.crop: Crop = crop  # type: ignore[assignment]
+        self.size, self.resized_shape, self.resampled = plan.size, plan.resized, plan.resampled
+        self._center = plan.center
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         if self.resampled and (not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]):
@@ -205,38 +207,6 @@ class DeviceLoader:
         self._shift = add.view(1, -1, 1, 1).to(self.device)
         self._rows = torch.arange(self.height, device=self.device)
         self._cols = torch.arange(self.width, device=self.device)
-
-    def _configure_resampling(
-        self,
-        height: int,
-        width: int,
-        augment: bool,
-        size: int | None,
-        crop: str,
-        resize: int | None,
-    ) -> None:
-        """Set ``size``, ``resized_shape`` and whether batches are resampled (``resampled``)."""
-        if crop not in ("pad", "resized"):
-            raise DataError(f"crop must be 'pad' or 'resized', got {crop!r}")
-        for key, value in (("size", size), ("resize", resize)):
-            if value is not None and value < 1:
-                raise DataError(f"{key} must be >= 1, got {value}")
-        out = int(size) if size is not None else min(height, width)
-        short = int(resize) if resize is not None else out
-        self.crop: Crop = crop  # type: ignore[assignment]
-        self.size = out
-        self.resized_shape = resized_shape(height, width, short)
-        #: True unless this is the source-size padding-crop path
-        explicit = crop == "resized" or size is not None or resize is not None
-        identity = crop == "pad" and (out, out) == (height, width) and short == out
-        self.resampled = explicit and not identity
-        if self.resampled and augment and crop == "pad":
-            raise DataError(
-                f"crop='pad' works at the source size {height}x{width}; for size={out}, "
-                f"resize={short} use crop='resized'"
-            )
-        resampled_eval = self.resampled and not augment
-        self._center = center_crop_box(*self.resized_shape, out) if resampled_eval else None
 
     def _pack(self, x: Tensor) -> None:
         """Store the images zero-padded, one int32 word per 4 channels of a pixel.

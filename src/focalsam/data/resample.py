@@ -21,6 +21,7 @@ rounded to uint8 in between (torchvision on PIL or uint8 images rounds after eac
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ __all__ = [
     "crop_resize_matrices",
     "random_resized_crop_boxes",
     "resample_crops",
+    "resampling_plan",
     "resize_matrix",
     "resized_shape",
 ]
@@ -50,6 +52,43 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int, int, 
     if size > height or size > width:
         raise DataError(f"center crop {size} does not fit an image of {height}x{width}")
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0)), size, size
+
+
+class ResamplingPlan(NamedTuple):
+    """How a loader's batches are made from ``height x width`` sources: the output
+    ``size``, the ``resized`` shape the crop boxes refer to, whether batches are
+    resampled at all (False: the source-size padding-crop path) and, for evaluation, the
+    ``center`` crop box."""
+
+    size: int
+    resized: tuple[int, int]
+    resampled: bool
+    center: tuple[int, int, int, int] | None
+
+
+def resampling_plan(
+    height: int, width: int, augment: bool, size: int | None, crop: str, resize: int | None
+) -> ResamplingPlan:
+    """The plan of ``crop`` (``"pad"`` or ``"resized"``) at ``size`` after ``resize``;
+    raises :class:`DataError` for options that do not go together."""
+    if crop not in ("pad", "resized"):
+        raise DataError(f"crop must be 'pad' or 'resized', got {crop!r}")
+    for key, value in (("size", size), ("resize", resize)):
+        if value is not None and value < 1:
+            raise DataError(f"{key} must be >= 1, got {value}")
+    out = int(size) if size is not None else min(height, width)
+    short = int(resize) if resize is not None else out
+    resized = resized_shape(height, width, short)
+    explicit = crop == "resized" or size is not None or resize is not None
+    identity = crop == "pad" and (out, out) == (height, width) and short == out
+    resampled = explicit and not identity
+    if resampled and augment and crop == "pad":
+        raise DataError(
+            f"crop='pad' works at the source size {height}x{width}; for size={out}, "
+            f"resize={short} use crop='resized'"
+        )
+    center = center_crop_box(*resized, out) if resampled and not augment else None
+    return ResamplingPlan(out, resized, resampled, center)
 
 
 def random_resized_crop_boxes(
