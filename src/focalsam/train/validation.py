@@ -14,6 +14,7 @@ from focalsam.data.transforms import RECIPES
 from focalsam.errors import InputError
 from focalsam.metrics import SHOT_PRESETS
 from focalsam.models import MODELS
+from focalsam.models.tuning import TUNING_METHODS
 from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
 from focalsam.train.errors import ConfigError
@@ -94,14 +95,13 @@ def check_cuda_graph(cfg: Any) -> None:
             raise ConfigError(f"run.cuda_graph cannot capture a step with {what}")
 
 
-TUNINGS = ("adaptformer", "lora", "vpt_shallow", "vpt_deep", "bias", "layernorm", "full")
-
-
 def check_model(cfg: Any) -> None:
     m = cfg.model
     clip = normalize_name(m.name).startswith("clip")
-    if m.tuning not in TUNINGS:
-        raise ConfigError(f"model.tuning must be one of {', '.join(TUNINGS)}; got {m.tuning!r}")
+    if m.tuning not in TUNING_METHODS:
+        raise ConfigError(
+            f"model.tuning must be one of {', '.join(TUNING_METHODS)}; got {m.tuning!r}"
+        )
     for key in ("adapter_bottleneck", "lora_rank", "vpt_tokens"):
         value = getattr(m, key)
         if value is not None and value < 1:
