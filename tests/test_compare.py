@@ -128,7 +128,7 @@ def test_noise_rule_on_made_up_numbers():
     assert within_noise(stat(outside), s) is False
     assert within_noise(stat([0.9]), stat([0.5])) is None  # one seed: no estimate
 
-    doc = summarize(_fake({"plain": a, "sam": inside, "focal_sam": outside}), {}, {})
+    doc = summarize(_fake({"plain": a, "sam": inside, "focal_sam": outside}), {})
     rows = doc["rows"]
     assert rows["sam"]["vs_baseline"]["overall"]["within_noise"] is True
     assert rows["focal_sam"]["vs_baseline"]["overall"]["within_noise"] is False
@@ -144,7 +144,7 @@ def test_noise_rule_on_made_up_numbers():
 
 
 def test_a_single_seed_gives_no_noise_estimate():
-    doc = summarize(_fake({"plain": [0.8], "focal_sam": [0.9]}), {}, {})
+    doc = summarize(_fake({"plain": [0.8], "focal_sam": [0.9]}), {})
     assert doc["rows"]["focal_sam"]["vs_baseline"]["overall"]["within_noise"] is None
     assert "no noise estimate" in " ".join(verdicts(doc))
     rows = [ln for ln in terminal(doc).splitlines() if ln.startswith(("SGD ", "Focal-SAM "))]
@@ -154,7 +154,7 @@ def test_a_single_seed_gives_no_noise_estimate():
 def test_rows_with_one_seed_beside_rows_with_more_are_said_to_have_no_estimate():
     """A diverged seed leaves one row with a single run: the others are still compared,
     the legend stays, and that row is named as never marked."""
-    doc = summarize(_fake({"plain": [0.80, 0.82], "focal_sam": [0.81, 0.83], "sam": [0.5]}), {}, {})
+    doc = summarize(_fake({"plain": [0.80, 0.82], "focal_sam": [0.81, 0.83], "sam": [0.5]}), {})
     said = verdicts(doc)
     assert any(v.startswith("Focal-SAM vs SGD") and "within noise" in v for v in said)
     assert any(v.startswith("SAM vs SGD") and "no noise estimate" in v for v in said)

@@ -29,7 +29,6 @@ from focalsam.compare import plots
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
-from focalsam.optim import get_method
 from focalsam.train.runtime import atomic_write
 
 Log = Callable[[str], None]
@@ -233,11 +232,9 @@ def write_outputs(spec: CompareSpec, out: Path, parallel: int) -> dict[str, Any]
     """``compare.json``, ``compare.md``, ``accuracy_vs_throughput.png``, ``per_class.png``
     from the finished runs' reports; returns the compare document."""
     reports = load_reports(spec, out)
-    first = {o: spec.run_config(o, spec.seeds[0], out) for o in spec.optimizers}
-    passes = {o: get_method(o).passes_per_step(c.optim.sam_every) for o, c in first.items()}
-    base = first[spec.optimizers[0]].optim.base
+    base = spec.run_config(spec.optimizers[0], spec.seeds[0], out).optim.base
     record = {**spec.record(), "base_optimizer": base, "parallel": parallel}
-    doc = summarize(reports, passes, record)
+    doc = summarize(reports, record)
     atomic_write(out / "compare.json", json.dumps(doc, indent=2))
     atomic_write(out / "compare.md", markdown(doc))
     plots.accuracy_vs_throughput(doc, out / "accuracy_vs_throughput.png")

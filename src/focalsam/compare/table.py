@@ -68,8 +68,10 @@ def _per_class(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _row(name: str, reports: list[dict[str, Any]], passes: Any) -> dict[str, Any]:
+def _row(name: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
     last = [r.get("last_epoch") or {} for r in reports]
+    # the same for every seed: the method's (forward, backward) passes, under sam_every
+    passes = next((r["passes_per_step"] for r in reports if r.get("passes_per_step")), None)
     best = [r.get("best_test_epoch") or {} for r in reports]
     return {
         "optimizer": name,
@@ -85,12 +87,10 @@ def _row(name: str, reports: list[dict[str, Any]], passes: Any) -> dict[str, Any
     }
 
 
-def summarize(
-    reports: dict[str, list[dict[str, Any]]], passes: dict[str, Any], record: dict[str, Any]
-) -> dict[str, Any]:
+def summarize(reports: dict[str, list[dict[str, Any]]], record: dict[str, Any]) -> dict[str, Any]:
     """The compare document (``compare.json``) from each optimizer's run reports, in the
     order given (the first is the baseline); ``record`` is the compare's own settings."""
-    rows = {name: _row(name, reps, passes.get(name)) for name, reps in reports.items()}
+    rows = {name: _row(name, reps) for name, reps in reports.items()}
     names = list(rows)
     baseline = names[0] if names else None
     best: dict[str, str | None] = {}
