@@ -33,6 +33,7 @@ class StepRunner(SharpPasses):
 
     strict_checks: bool | None
     sam_every: int
+    _sharp_can_vanish: bool
     _steps: int
     _phase: str
     _pending_step: StepState | None
@@ -94,8 +95,8 @@ class StepRunner(SharpPasses):
         sample) still runs its perturbed forward, which a strict step skips; its buffers
         (BatchNorm statistics) are kept to be put back, so both modes train the same."""
         model = getattr(self, "model", None)
-        if model is None or not isinstance(sharp, Tensor):
-            return None
+        if model is None or not self._sharp_can_vanish or not isinstance(sharp, Tensor):
+            return None  # Focal-SAM's sharp weights are never all zero: nothing to keep
         buffers = list(model.buffers())
         if not buffers:
             return None

@@ -169,6 +169,10 @@ class WeightedSAM(StepRunner):
         self.num_classes: int | None = lengths.pop() if lengths else None
         self._clean_is_zero = is_zero(self.clean_weights)
         self._sharp_is_zero = is_zero(self.sharp_weights)
+        # some class has no sharp weight (ImbSAM's head): a batch may have no sharp term
+        self._sharp_can_vanish = isinstance(self.sharp_weights, Tensor) and bool(
+            self.sharp_weights.eq(0).any()
+        )
 
         self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
         self.model = model

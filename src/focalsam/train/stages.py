@@ -120,8 +120,7 @@ class OptimizerStage:
     def skipped_steps(self) -> Any:
         """Steps the optimizer skipped on the device since the last call (one sync), or
         ``None``; the epoch function asks at its end."""
-        take = getattr(self.optimizer, "take_skip_report", None)
-        return take() if take is not None else None
+        return self.optimizer.take_skip_report()
 
     def state_dict(self) -> dict[str, Any]:
         optimizer = self.optimizer.state_dict()
