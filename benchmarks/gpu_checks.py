@@ -81,8 +81,10 @@ def eager_steps(model: nn.Module, opt: torch.optim.Optimizer, data: list, lrs: l
 
 def schedule(n: int) -> list[tuple[float, float]]:
     """(lr, rho) per step: changed midway, so a baked value would show."""
-    return [(SGD["lr"] * (0.5 if i >= n // 2 else 1.0), FOCAL["rho"] * (1.5 if i % 2 else 1.0))
-            for i in range(n)]  # fmt: skip
+    return [
+        (SGD["lr"] * (0.5 if i >= n // 2 else 1.0), FOCAL["rho"] * (1.5 if i % 2 else 1.0))
+        for i in range(n)
+    ]
 
 
 def check_compiled(
@@ -166,8 +168,10 @@ def run_check(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         print(f"SKIP {name}: {out['skipped']}")
     else:
         verdict = "PASS" if out["ok"] else "FAIL"
-        print(f"{verdict} {name}: max |diff| {out.get('max_abs_diff', float('nan')):.3g} "
-              f"{out.get('error', '')}".rstrip())  # fmt: skip
+        print(
+            f"{verdict} {name}: max |diff| {out.get('max_abs_diff', float('nan')):.3g} "
+            f"{out.get('error', '')}".rstrip()
+        )
     return out
 
 

@@ -130,8 +130,10 @@ def build(
     skipped: dict[str, str] = {}
     plan = [(m, mode, None, f"{m}/{mode}") for mode in modes for m in wl.methods]
     if strict and "focal_sam" in wl.methods:
-        plan += [("focal_sam", "eager", s, f"focal_sam_{n}/eager")
-                 for s, n in ((True, "strict"), (False, "syncfree"))]  # fmt: skip
+        plan += [
+            ("focal_sam", "eager", s, f"focal_sam_{n}/eager")
+            for s, n in ((True, "strict"), (False, "syncfree"))
+        ]
     keep: list[Any] = []  # models stay alive as long as their steps
     for method, mode, strict_checks, label in plan:
         try:
@@ -197,9 +199,15 @@ def summarize(med: dict[str, float], modes: list[str]) -> dict[str, Any]:
 
 
 def measure(
-    wl: Workload, modes: list[str], device: torch.device, rounds: int, steps_per_round: int,
-    warmup: int, strict: bool, backend: str = "inductor",
-) -> dict[str, Any]:  # fmt: skip
+    wl: Workload,
+    modes: list[str],
+    device: torch.device,
+    rounds: int,
+    steps_per_round: int,
+    warmup: int,
+    strict: bool,
+    backend: str = "inductor",
+) -> dict[str, Any]:
     """Time every (method, mode) of the workload at its batch size."""
     steps, optims, skipped = build(wl, modes, device, warmup, strict, backend)
     peak = peak_memory(steps, device)
@@ -274,10 +282,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     default = "64" if args.model != "vit_b16" else ("128" if device.type == "cuda" else "8")
     sizes = [int(b) for b in (args.batch_size or default).split(",")]
     out: dict[str, Any] = {
-        "model": args.model, "device": device_name(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "modes": modes, "rounds": args.rounds,
-        "steps_per_round": args.steps_per_round, "by_batch": {},
-    }  # fmt: skip
+        "model": args.model,
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "modes": modes,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "by_batch": {},
+    }
     for size in sizes:
         try:
             wl = WORKLOADS[args.model](size, device)
@@ -290,17 +303,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.model == "vit_b16" and "trainable" not in out:
             out["trainable"] = trainable_fraction(wl)
         out["by_batch"][str(size)] = measure(
-            wl, modes, device, args.rounds, args.steps_per_round, args.warmup, args.strict,
+            wl,
+            modes,
+            device,
+            args.rounds,
+            args.steps_per_round,
+            args.warmup,
+            args.strict,
             args.backend,
-        )  # fmt: skip
+        )
     if args.ccsam:
         out["ccsam"] = ccsam_section(sizes[0], device, args.ccsam_rounds, warmup=1)
     return out
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"{r.get('workload', r['model'])} on {r['device']} ({r['threads']} threads), torch "
-          f"{r['torch']}, medians of {r['rounds']} x {r['steps_per_round']} interleaved steps")  # fmt: skip
+    print(
+        f"{r.get('workload', r['model'])} on {r['device']} ({r['threads']} threads), torch "
+        f"{r['torch']}, medians of {r['rounds']} x {r['steps_per_round']} interleaved steps"
+    )
     if "skipped" in r:
         print("skipped:", r["skipped"])
     if "trainable" in r:
@@ -322,8 +343,10 @@ def print_report(r: dict[str, Any]) -> None:
         for mode, v in b["focal_sam_over_sam"].items():
             print(f"Focal-SAM / SAM ({mode}): {v:.3f}")
         if "focal_sam_optimizer_share" in b:
-            print(f"optimizer's own share of an eager Focal-SAM step: "
-                  f"{100 * b['focal_sam_optimizer_share']:.1f}%")  # fmt: skip
+            print(
+                f"optimizer's own share of an eager Focal-SAM step: "
+                f"{100 * b['focal_sam_optimizer_share']:.1f}%"
+            )
         if "syncfree_over_strict" in b:
             print(f"Focal-SAM sync-free / strict: {b['syncfree_over_strict']:.3f}")
         for label, why in b["skipped"].items():
@@ -336,8 +359,10 @@ def print_report(r: dict[str, Any]) -> None:
         )
         for name, ms in c["median_ms"].items():
             p = c["passes_per_step"][name]
-            print(f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}"
-                  f"  {p['forward']}/{p['backward']}; {p['classifier_forward']}/{p['classifier_backward']}")  # fmt: skip
+            print(
+                f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}"
+                f"  {p['forward']}/{p['backward']}; {p['classifier_forward']}/{p['classifier_backward']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

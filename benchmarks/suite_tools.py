@@ -63,8 +63,11 @@ def eval_cost(run_dir: str, device: str | None) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
     finally:
         loaded.rt.close()
-    return {"eval_seconds": round(times[-1], 3), "first_eval_seconds": round(times[0], 3),
-            "test_overall": result.get("overall")}  # fmt: skip
+    return {
+        "eval_seconds": round(times[-1], 3),
+        "first_eval_seconds": round(times[0], 3),
+        "test_overall": result.get("overall"),
+    }
 
 
 def train_summary(run_dir: Path, wall: float, device: str | None) -> dict[str, Any]:
@@ -174,9 +177,11 @@ def _headline(name: str, result: dict[str, Any]) -> str:
             ms = b.get("median_ms", {})
             for mode, row in ms.items():
                 if "focal_sam" in row:
-                    bits.append(f"b{size} {mode}: Focal-SAM {row['focal_sam']:.2f} ms"
-                                f" ({b.get('ratio_to_sgd', {}).get(mode, {}).get('focal_sam', float('nan')):.2f}x SGD,"
-                                f" {b.get('focal_sam_over_sam', {}).get(mode, float('nan')):.2f}x SAM)")  # fmt: skip
+                    bits.append(
+                        f"b{size} {mode}: Focal-SAM {row['focal_sam']:.2f} ms"
+                        f" ({b.get('ratio_to_sgd', {}).get(mode, {}).get('focal_sam', float('nan')):.2f}x SGD,"
+                        f" {b.get('focal_sam_over_sam', {}).get(mode, float('nan')):.2f}x SAM)"
+                    )
             if "syncfree_over_strict" in b:
                 bits.append(f"sync-free/strict {b['syncfree_over_strict']:.3f}")
         if "trainable" in result:
@@ -185,11 +190,15 @@ def _headline(name: str, result: dict[str, Any]) -> str:
     if name == "loader":
         return f"{result.get('device_loader_images_per_s')} vs {result.get('baseline_images_per_s')} images/s ({result.get('speedup')}x)"
     if name == "train":
-        return (f"{result.get('steady_epoch_seconds')} s/epoch, projected 200 epochs "
-                f"{result.get('projected_200_epoch_minutes')} min")  # fmt: skip
+        return (
+            f"{result.get('steady_epoch_seconds')} s/epoch, projected 200 epochs "
+            f"{result.get('projected_200_epoch_minutes')} min"
+        )
     if name == "compare":
-        return (f"{len(result.get('runs', {}))} runs in {result.get('compare_wall_seconds')} s, "
-                f"{result.get('mean_steady_epoch_seconds')} s/epoch each")  # fmt: skip
+        return (
+            f"{len(result.get('runs', {}))} runs in {result.get('compare_wall_seconds')} s, "
+            f"{result.get('mean_steady_epoch_seconds')} s/epoch each"
+        )
     return ""
 
 

@@ -191,8 +191,13 @@ def demo_config(run_dir: Path, **overrides: Any) -> Any:
     """The demo preset, 2 epochs evaluated each, quiet, in ``run_dir`` (short or dotted keys)."""
     from focalsam.train import make_config
 
-    base = {"epochs": 2, "eval_every": 1, "run_dir": str(run_dir), "progress": False,
-            "tensorboard": False}  # fmt: skip
+    base = {
+        "epochs": 2,
+        "eval_every": 1,
+        "run_dir": str(run_dir),
+        "progress": False,
+        "tensorboard": False,
+    }
     return make_config("demo", overrides={**base, **overrides})
 
 

@@ -11,8 +11,21 @@ from conftest import demo_config, silent_trainer
 
 from focalsam.cli import main
 
-SMALL = ["--samples-per-class", "12", "--grid", "3", "--trace-probes", "4",
-         "--lanczos-steps", "4", "--max-iter", "8", "--rho", "0.05,0.1", "--no-progress"]  # fmt: skip
+SMALL = [
+    "--samples-per-class",
+    "12",
+    "--grid",
+    "3",
+    "--trace-probes",
+    "4",
+    "--lanczos-steps",
+    "4",
+    "--max-iter",
+    "8",
+    "--rho",
+    "0.05,0.1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +61,12 @@ def test_two_runs_side_by_side_write_the_json_and_every_figure(runs, tmp_path, c
             assert slot["sharpness"]["rho"] == [0.05, 0.1]
         sharp = run["targets"]["tail (class 9)"]["sharpness"]
         assert (sharp["run"] is None) == (label == "plain")
-    for png in ("curvature_vs_class_size.png", "sharpness_vs_class_size.png",
-                "spectral_density.png", "loss_landscapes.png"):  # fmt: skip
+    for png in (
+        "curvature_vs_class_size.png",
+        "sharpness_vs_class_size.png",
+        "spectral_density.png",
+        "loss_landscapes.png",
+    ):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
     assert "top eigenvalue" in capsys.readouterr().out
     assert [_snapshot(runs["sgd"]), _snapshot(runs["focal_sam"])] == before  # runs untouched
@@ -73,15 +90,25 @@ def test_finished_measures_are_not_recomputed(runs, tmp_path, monkeypatch):
 def test_the_same_seed_gives_the_same_numbers(runs, tmp_path):
     docs = []
     for name in ("a", "b"):
-        argv = ["analyze", str(runs["focal_sam"]), "--out", str(tmp_path / name),
-                "--measure", "hessian,sharpness", *SMALL]  # fmt: skip
+        argv = [
+            "analyze",
+            str(runs["focal_sam"]),
+            "--out",
+            str(tmp_path / name),
+            "--measure",
+            "hessian,sharpness",
+            *SMALL,
+        ]
         assert main(argv) == 0
         docs.append(json.loads((tmp_path / name / "analysis.json").read_text()))
     strip = lambda d: {  # noqa: E731
-        n: {m: {k: v for k, v in val.items() if k != "seconds"} for m, val in s.items()
-            if isinstance(val, dict)}
+        n: {
+            m: {k: v for k, v in val.items() if k != "seconds"}
+            for m, val in s.items()
+            if isinstance(val, dict)
+        }
         for n, s in d["runs"]["focal_sam"]["targets"].items()
-    }  # fmt: skip
+    }
     assert strip(docs[0]) == strip(docs[1])
 
 
@@ -129,8 +156,10 @@ def test_targets_name_classes_head_to_tail_and_refuse_an_empty_class():
     counts = [500, 120, 40, 6]
     targets = resolve_targets("few,many,medium", counts, "standard")
     assert [(t.name, t.classes) for t in targets] == [
-        ("many", (0, 1)), ("medium", (2,)), ("few", (3,)),
-    ]  # fmt: skip
+        ("many", (0, 1)),
+        ("medium", (2,)),
+        ("few", (3,)),
+    ]
     labels = np.array([0, 0, 1, 2, 2, 2])
     idx = sample_indices(labels, targets[0], 1, seed=0, split="test")
     assert sorted(labels[idx].tolist()) == [0, 1]

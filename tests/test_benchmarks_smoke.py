@@ -34,8 +34,10 @@ def numbers(value: Any) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                    reason="needs bash and coreutils timeout")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None,
+    reason="needs bash and coreutils timeout",
+)
 def test_smoke_suite_reports_every_section(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     proc = subprocess.run(

@@ -69,9 +69,11 @@ def _expected_trainable(model: nn.Module, tuning: str) -> set[str]:
     if tuning == "bias":
         return head | {n for n in visual if n.endswith(".bias") or n.endswith("in_proj_bias")}
     ln = {
-        f"visual.{m}.{p}" for m, mod in model.visual.named_modules() if isinstance(mod, nn.LayerNorm)
+        f"visual.{m}.{p}"
+        for m, mod in model.visual.named_modules()
+        if isinstance(mod, nn.LayerNorm)
         for p in ("weight", "bias")
-    }  # fmt: skip
+    }
     return head | ln
 
 
@@ -379,9 +381,10 @@ def test_load_torchscript_fp16_archive(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(
-            clip, (torch.randn(1, 3, 32, 32).half(), torch.zeros(1, 77, dtype=torch.long)),
+            clip,
+            (torch.randn(1, 3, 32, 32).half(), torch.zeros(1, 77, dtype=torch.long)),
             check_trace=False,
-        )  # fmt: skip
+        )
         traced.save(str(path))
     model = build("adaptformer", seed=0, weights=str(path))
     _check_loaded(model, clip, path)

@@ -25,8 +25,19 @@ SETTINGS = ["epochs=2", "eval_every=1", "tensorboard=false"]
 
 
 def compare_argv(out: Path, *extra: str, seeds: str = SEEDS) -> list[str]:
-    return ["compare", "--preset", "demo", "--optimizers", OPTS, "--seeds", seeds,
-            "--out", str(out), *extra, *SETTINGS]  # fmt: skip
+    return [
+        "compare",
+        "--preset",
+        "demo",
+        "--optimizers",
+        OPTS,
+        "--seeds",
+        seeds,
+        "--out",
+        str(out),
+        *extra,
+        *SETTINGS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +69,10 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 def _accuracy_rows(out: Path) -> dict[str, dict]:
     rows = json.loads((out / "compare.json").read_text())["rows"]
-    return {n: {"acc": r["last_epoch"], "best": r["best_test_epoch"], "pc": r["per_class"]}
-            for n, r in rows.items()}  # fmt: skip
+    return {
+        n: {"acc": r["last_epoch"], "best": r["best_test_epoch"], "pc": r["per_class"]}
+        for n, r in rows.items()
+    }
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -75,8 +88,9 @@ def test_table_equals_the_numbers_recomputed_from_the_runs(sequential):
     doc = json.loads((sequential / "compare.json").read_text())
     assert list(doc["rows"]) == ["plain", "focal_sam"] and doc["baseline"] == "plain"
     for opt, row in doc["rows"].items():
-        reports = [json.loads((sequential / f"{opt}-seed{s}" / "report.json").read_text())
-                   for s in (0, 1)]  # fmt: skip
+        reports = [
+            json.loads((sequential / f"{opt}-seed{s}" / "report.json").read_text()) for s in (0, 1)
+        ]
         assert row["n"] == 2 and row["seeds"] == [0, 1]
         for g in GROUPS:
             xs = [r["last_epoch"][g] for r in reports]
@@ -84,15 +98,20 @@ def test_table_equals_the_numbers_recomputed_from_the_runs(sequential):
             assert row["last_epoch"][g]["std"] == pytest.approx(statistics.stdev(xs), abs=1e-12)
             best = [r["best_test_epoch"][g] for r in reports]
             assert row["best_test_epoch"][g]["mean"] == pytest.approx(statistics.mean(best))
-        ips = [statistics.mean(json.loads(line)["images_per_second"] for line in
-                               (sequential / f"{opt}-seed{s}" / "metrics.jsonl").open())
-               for s in (0, 1)]  # fmt: skip
+        ips = [
+            statistics.mean(
+                json.loads(line)["images_per_second"]
+                for line in (sequential / f"{opt}-seed{s}" / "metrics.jsonl").open()
+            )
+            for s in (0, 1)
+        ]
         assert row["images_per_second"]["mean"] == pytest.approx(statistics.mean(ips))
         assert row["passes_per_step"] == {"plain": [1, 1], "focal_sam": [2, 3]}[opt]
         assert row["peak_gpu_memory_mb"]["mean"] is None  # the demo preset runs on the CPU
         per_class = [r["last_epoch"]["per_class"] for r in reports]
-        assert row["per_class"]["mean"] == pytest.approx([statistics.mean(c)
-                                                          for c in zip(*per_class)])  # fmt: skip
+        assert row["per_class"]["mean"] == pytest.approx(
+            [statistics.mean(c) for c in zip(*per_class)]
+        )
     md = (sequential / "compare.md").read_text()
     assert "best epoch (selected on test)" in md and "max(std_a, std_b)" in md
     assert " ± " in md and "n/a" in md  # peak GPU memory on the CPU
@@ -111,11 +130,16 @@ def test_each_run_is_the_run_focalsam_train_makes(sequential, tmp_path):
 def _fake(values: dict[str, list[float]]) -> dict[str, list[dict]]:
     out = {}
     for name, xs in values.items():
-        out[name] = [{"config": {"run": {"seed": i}}, "shot_preset": "standard",
-                      "class_counts": [3, 1],
-                      "last_epoch": {**dict.fromkeys(GROUPS, x), "per_class": [x, x]},
-                      "best_test_epoch": {**dict.fromkeys(GROUPS, x), "epoch": 1}}
-                     for i, x in enumerate(xs)]  # fmt: skip
+        out[name] = [
+            {
+                "config": {"run": {"seed": i}},
+                "shot_preset": "standard",
+                "class_counts": [3, 1],
+                "last_epoch": {**dict.fromkeys(GROUPS, x), "per_class": [x, x]},
+                "best_test_epoch": {**dict.fromkeys(GROUPS, x), "epoch": 1},
+            }
+            for i, x in enumerate(xs)
+        ]
     return out
 
 
@@ -232,8 +256,19 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     monkeypatch.chdir(tmp_path)
     before_tmp, before_cmp = _snapshot(tmp_path), _snapshot(sequential)
     filled = [a.replace("{tmp}", str(tmp_path)).replace("{cmp}", str(sequential)) for a in extra]
-    argv = ["compare", "--preset", "demo", "--optimizers", OPTS, "--seeds", SEEDS,
-            "--out", str(tmp_path / "new"), *filled, *SETTINGS]  # fmt: skip
+    argv = [
+        "compare",
+        "--preset",
+        "demo",
+        "--optimizers",
+        OPTS,
+        "--seeds",
+        SEEDS,
+        "--out",
+        str(tmp_path / "new"),
+        *filled,
+        *SETTINGS,
+    ]
 
     rc = main(argv)
 

@@ -71,9 +71,16 @@ def test_eval_resize_equals_torchvision_resize():
 def test_eval_resize_then_center_crop_equals_torchvision():
     images, labels = _images(n=4, h=20, w=28)  # non-square: the shorter edge goes to 256
     loader = DeviceLoader(
-        images, labels, 4, augment=False, sampling="sequential", size=224, resize=256,
-        mean=MEAN, std=STD,
-    )  # fmt: skip
+        images,
+        labels,
+        4,
+        augment=False,
+        sampling="sequential",
+        size=224,
+        resize=256,
+        mean=MEAN,
+        std=STD,
+    )
     assert loader.resized_shape == resized_shape(20, 28, 256) == (256, 358)
     x, _ = _epoch(loader)
     ref = TF.center_crop(TF.resize(_src(images), [256], antialias=True), [224])
@@ -95,9 +102,16 @@ def _torchvision_crops(images, order, boxes, flips, size=224, resize=224):
 def test_random_resized_crop_equals_torchvision_resized_crop_of_upsampled_image(channels_last):
     images, labels = _images(n=10)
     loader = DeviceLoader(
-        images, labels, 4, size=224, crop="resized", mean=MEAN, std=STD, seed=3,
+        images,
+        labels,
+        4,
+        size=224,
+        crop="resized",
+        mean=MEAN,
+        std=STD,
+        seed=3,
         channels_last=channels_last,
-    )  # fmt: skip
+    )
     order, boxes, flips = loader.epoch_crops()
     assert flips.any() and not flips.all()  # both branches are exercised
     x, y = _epoch(loader)
@@ -146,8 +160,14 @@ def test_box_bounds_and_distribution_match_torchvision():
     theirs = theirs.double()
 
     def stats(b):
-        return torch.stack([b[:, 2] * b[:, 3] / 224**2, torch.log(b[:, 3] / b[:, 2]),
-                            (b[:, 0] + b[:, 2] / 2) / 224, (b[:, 1] + b[:, 3] / 2) / 224])  # fmt: skip
+        return torch.stack(
+            [
+                b[:, 2] * b[:, 3] / 224**2,
+                torch.log(b[:, 3] / b[:, 2]),
+                (b[:, 0] + b[:, 2] / 2) / 224,
+                (b[:, 1] + b[:, 3] / 2) / 224,
+            ]
+        )
 
     a, b = stats(ours), stats(theirs)
     se = torch.sqrt(a.var(dim=1) / n + b.var(dim=1) / n)
@@ -309,9 +329,13 @@ def test_build_data_cifar_clip_is_224_px_with_clip_normalization(fake_cifar):
     from focalsam.train.data_setup import build_data, data_recipe, eval_batch_size
 
     cfg = _cfg(
-        "dataset=cifar10", f"data_root={fake_cifar}", "imbalance_ratio=2", "batch_size=8",
-        "model=clip_vit_b16", "model.clip_weights=random",
-    )  # fmt: skip
+        "dataset=cifar10",
+        f"data_root={fake_cifar}",
+        "imbalance_ratio=2",
+        "batch_size=8",
+        "model=clip_vit_b16",
+        "model.clip_weights=random",
+    )
     assert data_recipe(cfg) == ("clip", 224)  # auto: the model's input size and recipe
     data = build_data(cfg, torch.device("cpu"))
     assert data.image_size == 224 and data.in_channels == 3
@@ -353,16 +377,20 @@ def test_build_data_standard_cifar_is_unchanged(fake_cifar):
         (["model=resnet32", "dataset=cifar100"], ("standard", 32)),
         (["model=clip_tiny", "dataset=cifar10"], ("clip", 32)),
         (["model=resnet32", "dataset=cifar10", "data.transform=clip"], ("clip", 32)),
-        (["model=resnet32", "dataset=cifar10", "data.transform=clip", "data.image_size=64"],
-         ("clip", 64)),
+        (
+            ["model=resnet32", "dataset=cifar10", "data.transform=clip", "data.image_size=64"],
+            ("clip", 64),
+        ),
         (["model=resnet50", "dataset=imagenet_lt"], ("imagenet_r50", 224)),
         (["model=resnet50", "dataset=inat2018"], ("inat_r50", 224)),
         (["model=mlp", "dataset=imagenet_lt"], ("standard", 224)),
-        (["model=resnet50", "dataset=inat2018", "data.transform=clip", "data.image_size=160"],
-         ("clip", 160)),
+        (
+            ["model=resnet50", "dataset=inat2018", "data.transform=clip", "data.image_size=160"],
+            ("clip", 160),
+        ),
         (["model=small_cnn", "dataset=digits"], ("standard", 8)),
     ],
-)  # fmt: skip
+)
 def test_data_recipe_resolves_auto_and_sizes(overrides, expected):
     from focalsam.train.data_setup import data_recipe
 
@@ -427,8 +455,14 @@ def test_image_lists_use_the_recipe_transforms(tmp_path, transform, mean, jitter
     from focalsam.train.data_setup import build_data
 
     root = _list_root(tmp_path, "ImageNet_LT_{split}.txt")
-    cfg = _cfg("dataset=imagenet_lt", f"data_root={root}", "model=mlp", "num_workers=0",
-               "batch_size=4", f"data.transform={transform}")  # fmt: skip
+    cfg = _cfg(
+        "dataset=imagenet_lt",
+        f"data_root={root}",
+        "model=mlp",
+        "num_workers=0",
+        "batch_size=4",
+        f"data.transform={transform}",
+    )
     data = build_data(cfg, torch.device("cpu"))
     train_tf = data.train.loader.dataset.transform
     test_tf = data.test.loader.dataset.dataset.transform
@@ -440,8 +474,9 @@ def test_image_lists_use_the_recipe_transforms(tmp_path, transform, mean, jitter
     assert x.shape == (4, 3, 224, 224)
     # the unaugmented training split goes through the recipe's test transform
     plain = data.split("train").batches(np.arange(3), 3)[0][0]
-    ref = torch.stack([test_tf(Image.open(root / f"train/n000/{k}.png").convert("RGB"))
-                       for k in range(3)])  # fmt: skip
+    ref = torch.stack(
+        [test_tf(Image.open(root / f"train/n000/{k}.png").convert("RGB")) for k in range(3)]
+    )
     torch.testing.assert_close(plain, ref)
 
 
@@ -451,8 +486,14 @@ def test_inat_clip_test_resize_and_class_names_need_categories(tmp_path):
 
     root = _list_root(tmp_path, "iNaturalist18_{split}.txt")
     (root / "iNaturalist18_val.txt").write_text((root / "iNaturalist18_test.txt").read_text())
-    cfg = _cfg("dataset=inat2018", f"data_root={root}", "model=mlp", "num_workers=0",
-               "batch_size=4", "data.transform=clip")  # fmt: skip
+    cfg = _cfg(
+        "dataset=inat2018",
+        f"data_root={root}",
+        "model=mlp",
+        "num_workers=0",
+        "batch_size=4",
+        "data.transform=clip",
+    )
     data = build_data(cfg, torch.device("cpu"))  # no categories.json: fine until names are asked
     test_tf = data.test.loader.dataset.dataset.transform
     assert test_tf.transforms[0].size == 256 and tuple(test_tf.transforms[-1].std) == CLIP_STD

@@ -221,8 +221,9 @@ def test_bad_micro_batches():
 
 def test_ccsam_refuses_to_accumulate():
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, C)).double()
-    opt = CCSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, classifier=model[2],
-                lr=0.1)  # fmt: skip
+    opt = CCSAM(
+        model.parameters(), torch.optim.SGD, class_counts=COUNTS, classifier=model[2], lr=0.1
+    )
     x, y = tiny_batches(1)[0]
     with pytest.raises(AccumulationError, match="eps_c"):
         opt.step_accumulated([(per_sample_ce(model, x, y), y)])
@@ -248,9 +249,11 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
         before = len(calls)
         opt.step_accumulated(
-            [(lambda a=a, b=b: F.cross_entropy(model(a), b, reduction="none"), b)
-             for a, b in split(xs, ys, [3, 5])]
-        )  # fmt: skip
+            [
+                (lambda a=a, b=b: F.cross_entropy(model(a), b, reduction="none"), b)
+                for a, b in split(xs, ys, [3, 5])
+            ]
+        )
         per_step.append(len(calls) - before)
     torch.save(
         {"params": [p.detach() for p in model.module.parameters()], "allreduces": per_step},

@@ -171,10 +171,13 @@ def test_negative_rho_is_refused(name):
         options = dataclasses.replace(spec.default_options(), rho=-0.1)
         with pytest.raises(InvalidHyperparameterError, match="rho"):
             spec.build(
-                model.parameters(), "sgd", options=options,
+                model.parameters(),
+                "sgd",
+                options=options,
                 class_counts=COUNTS if spec.needs_class_counts else None,
-                classifier=model[-1] if spec.needs_classifier else None, lr=0.1,
-            )  # fmt: skip
+                classifier=model[-1] if spec.needs_classifier else None,
+                lr=0.1,
+            )
     else:
         pytest.skip(f"{name} takes no rho")
 
@@ -195,32 +198,40 @@ def test_labels_outside_the_classes(name):
     if not get_method(name).needs_class_counts:
         pytest.skip(f"{name} does not use the labels")
     _refused(
-        name, LabelError, rf"\[0, {C}\).*\[0, {C}\]",
+        name,
+        LabelError,
+        rf"\[0, {C}\).*\[0, {C}\]",
         lambda m, opt, x, y: opt.step(closure_for(m, x, y), torch.where(y == 1, C, y)),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool, torch.float32])
 def test_labels_that_are_not_integer_class_indices(name, dtype):
     # uint8 and bool would index the per-class weights as masks
     _refused(
-        name, LabelError, "1-D integer tensor of class labels",
+        name,
+        LabelError,
+        "1-D integer tensor of class labels",
         lambda m, opt, x, y: opt.step(closure_for(m, x, y), y.to(dtype)),
-    )  # fmt: skip
+    )
 
 
 def test_loss_of_the_wrong_shape(name):
     _refused(
-        name, LossShapeError, "reduction='none'",
+        name,
+        LossShapeError,
+        "reduction='none'",
         lambda m, opt, x, y: opt.step(lambda: F.cross_entropy(m(x), y), y),
-    )  # fmt: skip
+    )
 
 
 def test_nan_loss(name):
     _refused(
-        name, NonFiniteLossError, "non-finite",
+        name,
+        NonFiniteLossError,
+        "non-finite",
         lambda m, opt, x, y: opt.step(lambda: closure_for(m, x, y)() * float("nan"), y),
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------- passes

@@ -163,8 +163,14 @@ def test_bad_options():
             create_optimizer("sam", params, "sgd", lr=0.1, sam_every=bad)
     model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
     with pytest.raises(InvalidHyperparameterError, match="sam_every"):
-        CCSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, classifier=model[2],
-              lr=0.1, sam_every=2)  # fmt: skip
+        CCSAM(
+            model.parameters(),
+            torch.optim.SGD,
+            class_counts=COUNTS,
+            classifier=model[2],
+            lr=0.1,
+            sam_every=2,
+        )
     m = tiny_model()
     opt = build("sam", m, sam_every=2)
     x, y = tiny_batches(1)[0]
@@ -180,8 +186,14 @@ def test_settings_flow_through_the_registry():
     settings = {"rho": 0.1, "strict_checks": False, "sam_every": 3, "max_grad_norm": None}
     model = tiny_model()
     for name, options in (("focal_sam", FocalSAMOptions()), ("imbsam", ImbSAMOptions(eta=10))):
-        opt = get_method(name).build(model.parameters(), "sgd", options=options,
-                                     class_counts=COUNTS, settings=settings, lr=0.1)  # fmt: skip
+        opt = get_method(name).build(
+            model.parameters(),
+            "sgd",
+            options=options,
+            class_counts=COUNTS,
+            settings=settings,
+            lr=0.1,
+        )
         assert (opt.strict_checks, opt.sam_every) == (False, 3)
     for name in ("sam", "asam"):
         opt = get_method(name).build(model.parameters(), "sgd", settings=settings, lr=0.1)
@@ -189,10 +201,16 @@ def test_settings_flow_through_the_registry():
     plain = get_method("plain").build(model.parameters(), "sgd", settings=settings, lr=0.1)
     assert (plain.strict_checks, plain.sam_every) == (False, 1)
     cc = get_method("ccsam").build(
-        model.parameters(), "sgd", class_counts=COUNTS, classifier=model[3],
-        settings={"strict_checks": None, "sam_every": 1}, lr=0.1,
-    )  # fmt: skip
+        model.parameters(),
+        "sgd",
+        class_counts=COUNTS,
+        classifier=model[3],
+        settings={"strict_checks": None, "sam_every": 1},
+        lr=0.1,
+    )
     assert cc.take_skip_report() is None
     assert [n for n in ("plain", "sam", "focal_sam", "ccsam") if get_method(n).accumulates] == [
-        "plain", "sam", "focal_sam"
-    ]  # fmt: skip
+        "plain",
+        "sam",
+        "focal_sam",
+    ]

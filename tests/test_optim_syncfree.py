@@ -175,9 +175,11 @@ def test_no_host_sync_in_a_sync_free_step(name, guard, monkeypatch):
                 else:
                     opt.step(per_sample_ce(model, x, y), y)
                     opt.step_accumulated(
-                        [(per_sample_ce(model, x[:5], y[:5]), y[:5]),
-                         (per_sample_ce(model, x[5:], y[5:]), y[5:])]
-                    )  # fmt: skip
+                        [
+                            (per_sample_ce(model, x[:5], y[:5]), y[:5]),
+                            (per_sample_ce(model, x[5:], y[5:]), y[5:]),
+                        ]
+                    )
 
 
 def test_labels_out_of_range_skip_the_step():
@@ -215,8 +217,9 @@ def test_scaler_overflow_is_the_scalers_to_skip():
     x = x.float()
     opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y, scaler=scaler)
     before, scale = snapshot(model, opt), scaler.get_scale()
-    opt.step(lambda: F.cross_entropy(InfGrad.apply(model(x)), y, reduction="none"), y,
-             scaler=scaler)  # fmt: skip
+    opt.step(
+        lambda: F.cross_entropy(InfGrad.apply(model(x)), y, reduction="none"), y, scaler=scaler
+    )
     assert_same(before, snapshot(model, opt))  # BatchNorm statistics too
     assert scaler.get_scale() == scale * 0.5
     assert opt.take_skip_report() is None  # an fp16 overflow is no error

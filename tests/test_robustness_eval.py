@@ -33,8 +33,18 @@ def test_generated_corruptions_per_group_with_clean_accuracy_at_severity_0(run, 
     assert main(["eval", str(run), "--json"]) == 0
     clean = json.loads(capsys.readouterr().out)
     out = tmp_path / "c"
-    argv = ["eval", str(run), "--corruptions", "generate", "--out", str(out),
-            "--severities", "0,1,3", "--corruption-list", "gaussian_noise,contrast,pixelate"]  # fmt: skip
+    argv = [
+        "eval",
+        str(run),
+        "--corruptions",
+        "generate",
+        "--out",
+        str(out),
+        "--severities",
+        "0,1,3",
+        "--corruption-list",
+        "gaussian_noise,contrast,pixelate",
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "corruptions.json").read_text())
     assert (out / "corruptions.png").read_bytes()[:4] == b"\x89PNG"

@@ -208,10 +208,29 @@ def test_torchrun_two_cpu_processes(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "focalsam", "train", "--preset", "demo", "--epochs", "2", "--eval-every", "1",
-        "--model", "mlp", "--device", "cpu", f"run_dir={run}", "progress=false", "tensorboard=false",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "focalsam",
+        "train",
+        "--preset",
+        "demo",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--model",
+        "mlp",
+        "--device",
+        "cpu",
+        f"run_dir={run}",
+        "progress=false",
+        "tensorboard=false",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 processes" in proc.stdout

@@ -38,17 +38,37 @@ def test_1_ccsam_keeps_its_own_radius_and_the_rho_schedule_scales_it(tmp_path):
         rho = trainer.parts.stages[0].optimizer.param_groups[0]["rho"]
         seen.setdefault(epoch, set()).add(rho)
 
-    cfg = cfg_of(tmp_path / "cc", optimizer="ccsam", rho=0.3, rho_schedule="step",
-                 rho_milestones=[1], rho_decay=0.5,
-                 **{"optim.ccsam.rho": 0.01, "optim.ccsam.stage2_epochs": 0})  # fmt: skip
+    cfg = cfg_of(
+        tmp_path / "cc",
+        optimizer="ccsam",
+        rho=0.3,
+        rho_schedule="step",
+        rho_milestones=[1],
+        rho_decay=0.5,
+        **{"optim.ccsam.rho": 0.01, "optim.ccsam.stage2_epochs": 0},
+    )
     silent(cfg, on_step=record).fit()
     assert seen == {0: {0.01}, 1: {0.005}}
 
 
 def test_2_resume_with_a_change_never_rewrites_config_yaml(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--preset", "demo", "--epochs", "1", "--model", "mlp",
-                 f"run_dir={run}", "progress=false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "demo",
+                "--epochs",
+                "1",
+                "--model",
+                "mlp",
+                f"run_dir={run}",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
     written = (run / "config.yaml").read_bytes()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert main(["train", "--resume", str(run)]) == 0  # still resumable, still 2 epochs
@@ -68,8 +88,11 @@ def test_3_layering_flags_alone_start_from_the_schema_and_a_yaml_preset_applies(
     yaml_file.write_text("preset: cifar10-lt-r100\noptim:\n  lr: 0.05\n")
     cfg = make_config(None, yaml_file, ["epochs=3"])
     assert (cfg.preset, cfg.optim.rho, cfg.optim.lr, cfg.train.epochs) == (
-        "cifar10-lt-r100", 0.2, 0.05, 3,
-    )  # fmt: skip
+        "cifar10-lt-r100",
+        0.2,
+        0.05,
+        3,
+    )
 
 
 def test_4_print_config_prints_and_runs_nothing(tmp_path, monkeypatch, capsys):

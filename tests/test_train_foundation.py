@@ -45,8 +45,9 @@ def list_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for k in range(3):
         Image.new("RGB", (12, 12), color=(40 * k, 90, 200)).save(root / f"{k}.png")
     for pattern, classes, test_split in (
-        ("ImageNet_LT_{}.txt", 1000, "test"), ("iNaturalist18_{}.txt", 8142, "val"),
-    ):  # fmt: skip
+        ("ImageNet_LT_{}.txt", 1000, "test"),
+        ("iNaturalist18_{}.txt", 8142, "val"),
+    ):
         train = [f"{c % 3}.png {c}\n{(c + 1) % 3}.png {c}" for c in range(classes)]
         (root / pattern.format("train")).write_text("\n".join(train) + "\n")
         test = [f"{c % 3}.png {c}" for c in range(classes)]
@@ -59,11 +60,21 @@ def list_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _clip_run(cifar_root: Path, run: Path, **extra: Any) -> Any:
     keys = {
-        "dataset": "cifar10", "data_root": str(cifar_root), "model": "clip_tiny",
-        "clip_weights": "random", "tuning": "adaptformer", "optimizer": "focal_sam",
-        "epochs": 2, "batch_size": 16, "eval_every": 1, "lr": 0.01, "run_dir": str(run),
-        "imbalance_ratio": 10, **QUIET, **extra,
-    }  # fmt: skip
+        "dataset": "cifar10",
+        "data_root": str(cifar_root),
+        "model": "clip_tiny",
+        "clip_weights": "random",
+        "tuning": "adaptformer",
+        "optimizer": "focal_sam",
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_every": 1,
+        "lr": 0.01,
+        "run_dir": str(run),
+        "imbalance_ratio": 10,
+        **QUIET,
+        **extra,
+    }
     return make_config(None, overrides=keys)
 
 
@@ -137,10 +148,17 @@ def test_the_six_large_scale_presets_exist_with_their_settings(capsys):
     assert len(LARGE) == 6
     c100 = make_config("cifar100-lt-r100-clip", overrides={"clip_weights": "random"})
     assert (c100.model.name, c100.model.tuning, c100.loss.name, c100.loss.tau) == (
-        "clip_vit_b16", "adaptformer", "logit_adjustment", 1.0)  # fmt: skip
+        "clip_vit_b16",
+        "adaptformer",
+        "logit_adjustment",
+        1.0,
+    )
     assert (c100.optim.lr, c100.optim.weight_decay, c100.train.batch_size) == (0.01, 5e-4, 128)
     assert (c100.optim.rho, c100.optim.focal_sam.gamma, c100.optim.focal_sam.lam) == (
-        0.05, 5.5, 0.8)  # fmt: skip
+        0.05,
+        5.5,
+        0.8,
+    )
     inat = make_config("inat2018-clip", overrides={"clip_weights": "random"})
     assert (inat.optim.rho, inat.optim.focal_sam.gamma, inat.optim.focal_sam.lam) == (
         0.02,
@@ -159,8 +177,16 @@ def test_a_clip_preset_without_weights_is_one_clear_line(capsys, tmp_path):
     code = main(["train", "--preset", "cifar100-lt-r100-clip", f"run_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "clip_weights=PATH" in err[0]
-    code = main(["train", "--preset", "cifar10-lt-r100-clip", "--clip-weights",
-                 str(tmp_path / "nope.pt"), f"run_dir={tmp_path / 'r'}"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt-r100-clip",
+            "--clip-weights",
+            str(tmp_path / "nope.pt"),
+            f"run_dir={tmp_path / 'r'}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.pt is not a file" in err[0]
     assert not (tmp_path / "r").exists()
@@ -260,10 +286,14 @@ def test_compile_true_trains_like_eager(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("extra", "why"),
-    [("device=cpu", "device=cpu"), ("precision=fp16", "precision=fp16"),
-     ("optimizer=ccsam", "ccsam"), ("sam_every=2", "optim.sam_every > 1"),
-     ("strict_checks=true", "optim.strict_checks=true")],
-)  # fmt: skip
+    [
+        ("device=cpu", "device=cpu"),
+        ("precision=fp16", "precision=fp16"),
+        ("optimizer=ccsam", "ccsam"),
+        ("sam_every=2", "optim.sam_every > 1"),
+        ("strict_checks=true", "optim.strict_checks=true"),
+    ],
+)
 def test_cuda_graph_refuses_what_it_cannot_capture_before_any_run(extra, why, capsys, tmp_path):
     run = tmp_path / "r"
     code = main(["train", "--preset", "demo", "cuda_graph=true", f"run_dir={run}", extra])

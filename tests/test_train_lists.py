@@ -35,8 +35,16 @@ def lists(tmp_path):
 
 
 def overrides(root: Path, run: Path, *extra: str) -> list[str]:
-    return ["dataset=imagenet_lt", f"data_root={root}", "model=mlp", "num_workers=0",
-            f"run_dir={run}", "progress=false", "tensorboard=false", *extra]  # fmt: skip
+    return [
+        "dataset=imagenet_lt",
+        f"data_root={root}",
+        "model=mlp",
+        "num_workers=0",
+        f"run_dir={run}",
+        "progress=false",
+        "tensorboard=false",
+        *extra,
+    ]
 
 
 def test_10_a_batch_larger_than_the_list_is_an_error_not_an_untrained_model(lists, tmp_path):

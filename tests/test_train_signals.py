@@ -18,8 +18,20 @@ from focalsam.train import load_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-ARGS = ["--preset", "demo", "--model", "mlp", "--epochs", "12", "--batch-size", "16",
-        "--eval-every", "4", "progress=false", "tensorboard=false"]  # fmt: skip
+ARGS = [
+    "--preset",
+    "demo",
+    "--model",
+    "mlp",
+    "--epochs",
+    "12",
+    "--batch-size",
+    "16",
+    "--eval-every",
+    "4",
+    "progress=false",
+    "tensorboard=false",
+]
 
 
 def _train(run: Path, *extra: str) -> subprocess.Popen[str]:
@@ -58,8 +70,10 @@ def _same_weights(run: Path, reference: dict[str, torch.Tensor]) -> None:
     assert ckpt["epoch"] == 12
     for key, value in reference.items():
         assert torch.equal(value, ckpt["model"][key]), key
-    epochs = [int(line.split('"epoch": ')[1].split(",")[0]) for line in
-              (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    epochs = [
+        int(line.split('"epoch": ')[1].split(",")[0])
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == list(range(1, 13))
 
 

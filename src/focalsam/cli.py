@@ -23,11 +23,35 @@ from focalsam.train.config import SHORT_KEYS, leaf_fields
 
 #: the settings that get a flag of their own (every key also works as KEY=VALUE)
 FLAGS = (
-    "dataset", "data_root", "download", "imbalance_ratio", "train_list", "test_list",
-    "num_workers", "shot_preset", "model", "loss", "optimizer", "base_optimizer", "lr",
-    "rho", "epochs", "batch_size", "eval_every", "select", "precision", "device", "seed",
-    "run_dir", "progress", "tensorboard", "clip_weights", "tuning", "accum_steps", "compile",
-)  # fmt: skip
+    "dataset",
+    "data_root",
+    "download",
+    "imbalance_ratio",
+    "train_list",
+    "test_list",
+    "num_workers",
+    "shot_preset",
+    "model",
+    "loss",
+    "optimizer",
+    "base_optimizer",
+    "lr",
+    "rho",
+    "epochs",
+    "batch_size",
+    "eval_every",
+    "select",
+    "precision",
+    "device",
+    "seed",
+    "run_dir",
+    "progress",
+    "tensorboard",
+    "clip_weights",
+    "tuning",
+    "accum_steps",
+    "compile",
+)
 
 EPILOG = """examples:
   focalsam train                                   # offline demo: SGD vs SAM vs Focal-SAM, 3 seeds
@@ -69,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser(
-        "train", help="train a model (no arguments: the offline demo)",
-        description="Train one experiment.", epilog=EPILOG + "\n" + _keys_help(),
+        "train",
+        help="train a model (no arguments: the offline demo)",
+        description="Train one experiment.",
+        epilog=EPILOG + "\n" + _keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     train.add_argument("--preset", help="a published recipe (see `focalsam presets`)")
     train.add_argument("--config", metavar="YAML", help="a YAML file of settings")
     train.add_argument(
@@ -88,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in FLAGS:
         key = SHORT_KEYS[name]
         group.add_argument(
-            "--" + name.replace("_", "-"), dest=f"set_{name}", metavar="V", default=argparse.SUPPRESS,
+            "--" + name.replace("_", "-"),
+            dest=f"set_{name}",
+            metavar="V",
+            default=argparse.SUPPRESS,
             help=f"{fields[key].metadata.get('help', '')} ({key}, default {_default(fields[key])!r})",
-        )  # fmt: skip
+        )
 
     _compare_parser(sub)
     sub.add_parser(
@@ -137,16 +166,19 @@ over seeds (sample std); |mean_a - mean_b| <= max(std_a, std_b) is marked within
 
 def _compare_parser(sub: Any) -> None:
     cmp = sub.add_parser(
-        "compare", help="several optimizers over seeds: mean +- std, differences within noise marked",
+        "compare",
+        help="several optimizers over seeds: mean +- std, differences within noise marked",
         description="Train every (optimizer, seed) pair and write the comparison table.",
-        epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cmp.add_argument("--preset", help="a published recipe (see `focalsam presets`)")
     cmp.add_argument("--config", metavar="YAML", help="a YAML file of settings")
     cmp.add_argument(
-        "--optimizers", default="sgd,sam,imbsam,ccsam,focal_sam",
+        "--optimizers",
+        default="sgd,sam,imbsam,ccsam,focal_sam",
         help="comma list; the first is the baseline (default: %(default)s)",
-    )  # fmt: skip
+    )
     cmp.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: %(default)s)")
     cmp.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
     cmp.add_argument("--threads", type=int, default=1, help="CPU threads of every run (default 1)")
@@ -161,9 +193,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from focalsam.compare import CompareSpec, default_out, run_compare, terminal
 
     spec = CompareSpec.create(
-        args.preset, args.optimizers, args.seeds, args.overrides, config_file=args.config,
-        threads=args.threads, parallel=args.parallel,
-    )  # fmt: skip
+        args.preset,
+        args.optimizers,
+        args.seeds,
+        args.overrides,
+        config_file=args.config,
+        threads=args.threads,
+        parallel=args.parallel,
+    )
     out = Path(args.out) if args.out else default_out(f"compare-{args.preset or 'config'}")
     doc, failed = run_compare(spec, out)
     print(terminal(doc))
@@ -178,10 +215,11 @@ def _analyze_parser(sub: Any) -> None:
 
     d = AnalysisSettings()
     an = sub.add_parser(
-        "analyze", help="per-class Hessian, sharpness and loss landscapes of runs, side by side",
+        "analyze",
+        help="per-class Hessian, sharpness and loss landscapes of runs, side by side",
         description="Measure trained runs per class or shot group and write analysis.json and "
         "figures into --out (never into a run). Finished measures in --out are kept.",
-    )  # fmt: skip
+    )
     an.add_argument("runs", nargs="+", metavar="RUN", help="run directories (focalsam train)")
     an.add_argument("--out", required=True, help="folder for analysis.json and the PNGs")
     an.add_argument(
@@ -224,12 +262,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise InputError(f"--rho must be a comma list of numbers, got {args.rho!r}") from None
     settings = AnalysisSettings(
         measures=tuple(m.strip() for m in args.measure.split(",") if m.strip()),
-        classes=args.classes, split=args.split, samples_per_class=args.samples_per_class,
-        seed=args.seed, checkpoint=args.checkpoint, top_k=args.top_k, max_iter=args.max_iter,
-        tol=args.tol, trace_probes=args.trace_probes, lanczos_steps=args.lanczos_steps,
-        density_probes=args.density_probes, rhos=rhos, grid=args.grid, span=args.span,
+        classes=args.classes,
+        split=args.split,
+        samples_per_class=args.samples_per_class,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        top_k=args.top_k,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        trace_probes=args.trace_probes,
+        lanczos_steps=args.lanczos_steps,
+        density_probes=args.density_probes,
+        rhos=rhos,
+        grid=args.grid,
+        span=args.span,
         device=args.device,
-    )  # fmt: skip
+    )
     doc = analyze(args.runs, args.out, settings, progress=not args.no_progress)
     for label, run in doc["runs"].items():
         for name, slot in run["targets"].items():
@@ -300,10 +348,17 @@ def cmd_eval_corruptions(args: argparse.Namespace) -> int:
         raise InputError("--corruptions and --out go together: eval writes only into --out")
     names = [n.strip() for n in (args.corruption_list or "").split(",") if n.strip()]
     doc = evaluate_corruptions(
-        args.run_dir, args.corruptions, args.out, severities=parse_severities(args.severities),
-        names=names or None, seed=args.corruption_seed, checkpoint=args.checkpoint,
-        device=args.device, cache=args.cache, log=lambda m: None if args.json else print(m),
-    )  # fmt: skip
+        args.run_dir,
+        args.corruptions,
+        args.out,
+        severities=parse_severities(args.severities),
+        names=names or None,
+        seed=args.corruption_seed,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        cache=args.cache,
+        log=lambda m: None if args.json else print(m),
+    )
     if args.json:
         print(json.dumps(doc["summary"]))
         return 0

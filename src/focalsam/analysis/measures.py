@@ -24,20 +24,38 @@ def run_measure(measure: str, ctx: Any, batches: list[Any]) -> dict[str, Any]:
         value, norm = loss_and_grad_norm(model, loss, batches, params=params)
         return {"loss": value, "grad_norm": norm}
     if measure == "hessian":
-        return top_eigenvalues(model, loss, batches, s.top_k, params=params,
-                               max_iter=s.max_iter, tol=s.tol, seed=s.seed).as_dict()  # fmt: skip
+        return top_eigenvalues(
+            model,
+            loss,
+            batches,
+            s.top_k,
+            params=params,
+            max_iter=s.max_iter,
+            tol=s.tol,
+            seed=s.seed,
+        ).as_dict()
     if measure == "trace":
-        return hessian_trace(model, loss, batches, params=params, probes=s.trace_probes,
-                             tol=s.tol, seed=s.seed).as_dict()  # fmt: skip
+        return hessian_trace(
+            model, loss, batches, params=params, probes=s.trace_probes, tol=s.tol, seed=s.seed
+        ).as_dict()
     if measure == "density":
-        return spectral_density(model, loss, batches, params=params,
-                                lanczos_steps=s.lanczos_steps, probes=s.density_probes,
-                                seed=s.seed).as_dict()  # fmt: skip
+        return spectral_density(
+            model,
+            loss,
+            batches,
+            params=params,
+            lanczos_steps=s.lanczos_steps,
+            probes=s.density_probes,
+            seed=s.seed,
+        ).as_dict()
     if measure == "sharpness":
         rhos = list(s.rhos)
         ascent, what = ctx.run_ascent()
-        run = (sam_sharpness(model, loss, batches, rhos, params=params, ascent=ascent)
-               if ascent is not None else None)  # fmt: skip
+        run = (
+            sam_sharpness(model, loss, batches, rhos, params=params, ascent=ascent)
+            if ascent is not None
+            else None
+        )
         return {
             "rho": rhos,
             "own": sam_sharpness(model, loss, batches, rhos, params=params),

@@ -88,8 +88,9 @@ def _first(doc: dict[str, Any], measure: str) -> dict[str, Any]:
 def _density(doc: dict[str, Any], out: Path, plt: Any) -> Path:
     from focalsam.analysis.density import density_from_dict
 
-    names = sorted({n for r in doc["runs"].values() for n in r["targets"]},
-                   key=lambda n: -_count(doc, n))  # fmt: skip
+    names = sorted(
+        {n for r in doc["runs"].values() for n in r["targets"]}, key=lambda n: -_count(doc, n)
+    )
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         for label, run in doc["runs"].items():
@@ -113,21 +114,27 @@ def _count(doc: dict[str, Any], name: str) -> float:
 
 
 def _landscapes(doc: dict[str, Any], out: Path, plt: Any) -> Path:
-    cells = [(label, name, slot["landscape"]) for label, run in doc["runs"].items()
-             for name, slot in run["targets"].items() if "landscape" in slot]  # fmt: skip
+    cells = [
+        (label, name, slot["landscape"])
+        for label, run in doc["runs"].items()
+        for name, slot in run["targets"].items()
+        if "landscape" in slot
+    ]
     labels = list(dict.fromkeys(c[0] for c in cells))
     names = sorted(dict.fromkeys(c[1] for c in cells), key=lambda n: -_count(doc, n))
     low = min(float(np.min(c[2]["loss"])) for c in cells)
     high = max(float(np.max(c[2]["loss"])) for c in cells)
     levels = np.linspace(low, high, 21)
-    fig, axes = plt.subplots(len(labels), len(names), figsize=(4.2 * len(names), 3.8 * len(labels)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(labels), len(names), figsize=(4.2 * len(names), 3.8 * len(labels)), squeeze=False
+    )
     mappable = None
     for label, name, land in cells:
         ax = axes[labels.index(label)][names.index(name)]
         # loss[j][i] = L(theta + alphas[i] d1 + betas[j] d2)
-        mappable = ax.contourf(land["alphas"], land["betas"], np.asarray(land["loss"]),
-                               levels=levels, cmap="viridis")  # fmt: skip
+        mappable = ax.contourf(
+            land["alphas"], land["betas"], np.asarray(land["loss"]), levels=levels, cmap="viridis"
+        )
         ax.plot([0], [0], "r+")
         ax.set_title(f"{label}: {name}", fontsize=9)
     fig.colorbar(mappable, ax=axes.ravel().tolist(), label="loss (one colour scale)")

@@ -66,8 +66,15 @@ class AnalysisSettings:
             )
         if self.split not in ("train", "test"):
             raise InputError(f"--split must be train or test, got {self.split!r}")
-        for name in ("samples_per_class", "top_k", "max_iter", "trace_probes",
-                     "lanczos_steps", "density_probes", "batch_size"):  # fmt: skip
+        for name in (
+            "samples_per_class",
+            "top_k",
+            "max_iter",
+            "trace_probes",
+            "lanczos_steps",
+            "density_probes",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grid < 2 or not self.span > 0:
@@ -125,9 +132,13 @@ def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[st
 
 
 def analyze(
-    paths: list[str | Path], out: str | Path, settings: AnalysisSettings | None = None, *,
-    progress: bool = True, log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # fmt: skip
+    paths: list[str | Path],
+    out: str | Path,
+    settings: AnalysisSettings | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Measure every run in ``paths`` and write ``out/analysis.json`` and the figures;
     measures already in ``out/analysis.json`` (same settings) are kept, not recomputed."""
     from focalsam.analysis.measures import run_measure  # the measures' own imports are heavy
@@ -148,26 +159,42 @@ def analyze(
         assert run.data.split is not None
         source = run.data.split(settings.split)
         chosen = [  # drawn before anything is written: an empty class fails here
-            (t, sample_indices(source.labels, t, settings.samples_per_class, settings.seed,
-                               settings.split))
+            (
+                t,
+                sample_indices(
+                    source.labels, t, settings.samples_per_class, settings.seed, settings.split
+                ),
+            )
             for t in targets
-        ]  # fmt: skip
+        ]
         plan.append((label, run, chosen, source))
     out.mkdir(parents=True, exist_ok=True)
-    document = {"settings": settings.key(), "run_dirs": run_dirs, "conventions": CONVENTIONS,
-                "runs": results}  # fmt: skip
+    document = {
+        "settings": settings.key(),
+        "run_dirs": run_dirs,
+        "conventions": CONVENTIONS,
+        "runs": results,
+    }
     todo = sum(
-        1 for label, _r, chosen, _s in plan for t, _i in chosen for m in ("basic", *settings.measures)
+        1
+        for label, _r, chosen, _s in plan
+        for t, _i in chosen
+        for m in ("basic", *settings.measures)
         if m not in results.get(label, {}).get("targets", {}).get(t.name, {})
-    )  # fmt: skip
+    )
     bar = _bar(todo, progress)
     for label, run, chosen, source in plan:
-        entry = results.setdefault(label, {"run_dir": str(run.checkpoint.parent),
-                                           "checkpoint": str(run.checkpoint),
-                                           "optimizer": canonical_name(run.cfg.optim.name),
-                                           "class_counts": run.data.class_counts,
-                                           "shot_preset": run.data.shot_preset,
-                                           "targets": {}})  # fmt: skip
+        entry = results.setdefault(
+            label,
+            {
+                "run_dir": str(run.checkpoint.parent),
+                "checkpoint": str(run.checkpoint),
+                "optimizer": canonical_name(run.cfg.optim.name),
+                "class_counts": run.data.class_counts,
+                "shot_preset": run.data.shot_preset,
+                "targets": {},
+            },
+        )
         context = _Context(run, settings)
         for target, idx in chosen:
             slot = entry["targets"].setdefault(
@@ -226,13 +253,17 @@ class _Context:
             train = self.run.data.split("train") if self.run.data.split else None
             assert train is not None
             every = Target("all", tuple(range(len(self.run.data.class_counts))), 0.0)
-            idx = sample_indices(train.labels, every, self.settings.samples_per_class,
-                                 self.settings.seed, "train")  # fmt: skip
+            idx = sample_indices(
+                train.labels, every, self.settings.samples_per_class, self.settings.seed, "train"
+            )
             batches = train.batches(idx, self.settings.batch_size)
             self._ascent = weighted_ascent(
-                self.model, self.per_sample, batches, weights.to(self.run.rt.device),
+                self.model,
+                self.per_sample,
+                batches,
+                weights.to(self.run.rt.device),
                 params=self.params,
-            )  # fmt: skip
+            )
         assert not isinstance(self._ascent, bool)
         return self._ascent, what
 

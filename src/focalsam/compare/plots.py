@@ -36,13 +36,19 @@ def accuracy_vs_throughput(doc: dict[str, Any], path: Path) -> Path:
         if x["mean"] is None or y["mean"] is None:
             continue
         ax.errorbar(
-            x["mean"], 100 * y["mean"], xerr=x["std"] or 0.0,
-            yerr=100 * (y["std"] or 0.0), fmt="o", capsize=4,
-        )  # fmt: skip
+            x["mean"],
+            100 * y["mean"],
+            xerr=x["std"] or 0.0,
+            yerr=100 * (y["std"] or 0.0),
+            fmt="o",
+            capsize=4,
+        )
         ax.annotate(
-            f"{label(name, base)} (n={row['n']})", (x["mean"], 100 * y["mean"]),
-            textcoords="offset points", xytext=(6, 6),
-        )  # fmt: skip
+            f"{label(name, base)} (n={row['n']})",
+            (x["mean"], 100 * y["mean"]),
+            textcoords="offset points",
+            xytext=(6, 6),
+        )
     ax.set_xlabel("training images per second")
     ax.set_ylabel("overall test accuracy, last epoch (%)")
     ax.set_title("Accuracy against training throughput (mean ± std over seeds)")

@@ -160,8 +160,9 @@ def _finished_line(o: RunOutcome, k: int, total: int, out: Path, spec: CompareSp
     return f"{head} overall {shown}  {when}"
 
 
-def _run_all(spec: CompareSpec, out: Path, todo: list[tuple[str, int]], log: Log,
-             done_before: int) -> list[RunOutcome]:  # fmt: skip
+def _run_all(
+    spec: CompareSpec, out: Path, todo: list[tuple[str, int]], log: Log, done_before: int
+) -> list[RunOutcome]:
     total = len(spec.pairs())
     outcomes: list[RunOutcome] = []
     k = done_before

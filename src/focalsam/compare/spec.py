@@ -68,10 +68,16 @@ class CompareSpec:
 
     @classmethod
     def create(
-        cls, preset: str | None, optimizers: str | tuple[str, ...], seeds: str | tuple[int, ...],
-        overrides: tuple[str, ...] | list[str] = (), *, config_file: str | Path | None = None,
-        threads: int = 1, parallel: int = 1,
-    ) -> CompareSpec:  # fmt: skip
+        cls,
+        preset: str | None,
+        optimizers: str | tuple[str, ...],
+        seeds: str | tuple[int, ...],
+        overrides: tuple[str, ...] | list[str] = (),
+        *,
+        config_file: str | Path | None = None,
+        threads: int = 1,
+        parallel: int = 1,
+    ) -> CompareSpec:
         """Parse and validate the whole command (every run's config) before anything
         is created; raises :class:`InputError` naming what is wrong."""
         opts = parse_optimizers(optimizers) if isinstance(optimizers, str) else optimizers
@@ -86,8 +92,9 @@ class CompareSpec:
             if key in parsed:
                 raise CompareError(f"{key} is set by the compare for each run: use {flag}")
         path = str(Path(config_file).resolve()) if config_file is not None else None
-        spec = cls(preset, tuple(opts), seed_list, tuple(overrides), path, threads, parallel,
-                   parsed)  # fmt: skip
+        spec = cls(
+            preset, tuple(opts), seed_list, tuple(overrides), path, threads, parallel, parsed
+        )
         for opt in spec.optimizers:
             for seed in spec.seeds:
                 spec.run_config(opt, seed, Path("compare-check"))
@@ -103,8 +110,13 @@ class CompareSpec:
     def run_items(self, optimizer: str, seed: int, out: Path) -> list[str]:
         """The ``KEY=VALUE`` items of one run (after the compare's own overrides)."""
         run_dir = out / self.run_name(optimizer, seed)
-        return [*self.overrides, f"optimizer={optimizer}", f"seed={seed}", f"run_dir={run_dir}",
-                "progress=false"]  # fmt: skip
+        return [
+            *self.overrides,
+            f"optimizer={optimizer}",
+            f"seed={seed}",
+            f"run_dir={run_dir}",
+            "progress=false",
+        ]
 
     def run_config(self, optimizer: str, seed: int, out: Path) -> TrainConfig:
         return make_config(self.preset, self.config_file, self.run_items(optimizer, seed, out))

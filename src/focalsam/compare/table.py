@@ -19,9 +19,13 @@ NOISE_RULE = (
 )
 
 LABELS = {
-    "plain": "SGD", "sam": "SAM", "asam": "ASAM", "imbsam": "ImbSAM",
-    "focal_sam": "Focal-SAM", "ccsam": "CC-SAM",
-}  # fmt: skip
+    "plain": "SGD",
+    "sam": "SAM",
+    "asam": "ASAM",
+    "imbsam": "ImbSAM",
+    "focal_sam": "Focal-SAM",
+    "ccsam": "CC-SAM",
+}
 
 
 def label(name: str, base: str = "sgd") -> str:
@@ -158,10 +162,18 @@ def _cells(doc: dict[str, Any], name: str, base: str) -> list[str]:
 
 
 HEADER = [
-    "optimizer", "n", "overall", "many", "medium", "few",
-    "best epoch (selected on test): overall", "train img/s", "passes fwd / bwd",
-    "train s", "peak GPU MB",
-]  # fmt: skip
+    "optimizer",
+    "n",
+    "overall",
+    "many",
+    "medium",
+    "few",
+    "best epoch (selected on test): overall",
+    "train img/s",
+    "passes fwd / bwd",
+    "train s",
+    "peak GPU MB",
+]
 
 
 def _has_spread(doc: dict[str, Any]) -> bool:
@@ -182,8 +194,10 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
     if b is None:
         return []
     if not _has_spread(doc):
-        return ["one seed per optimizer (or fewer): no noise estimate exists, so no "
-                "difference below can be told from seed-to-seed variation"]  # fmt: skip
+        return [
+            "one seed per optimizer (or fewer): no noise estimate exists, so no "
+            "difference below can be told from seed-to-seed variation"
+        ]
     out = []
     for name, row in rows.items():
         if name == b:
@@ -199,8 +213,11 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
         out.append(head + f"{verdict} (spread {100 * c['spread']:.2f})")
     top = doc["best"]["overall"]
     if top is not None:
-        tied = [label(n, base) for n, r in rows.items()
-                if n != top and r["vs_best"]["overall"]["within_noise"]]  # fmt: skip
+        tied = [
+            label(n, base)
+            for n, r in rows.items()
+            if n != top and r["vs_best"]["overall"]["within_noise"]
+        ]
         out.append(
             f"best overall: {label(top, base)}; within noise of it: "
             + (", ".join(tied) if tied else "none")

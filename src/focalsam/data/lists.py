@@ -321,9 +321,15 @@ def imagenet_lt(
     (other splits: ``False`` by default).
     """
     return _list_dataset(
-        root, split, list_file, "ImageNet_LT_{split}.txt", 1000, transform,
-        ("train", "val", "test"), require_all_classes,
-    )  # fmt: skip
+        root,
+        split,
+        list_file,
+        "ImageNet_LT_{split}.txt",
+        1000,
+        transform,
+        ("train", "val", "test"),
+        require_all_classes,
+    )
 
 
 def inaturalist2018(
@@ -340,9 +346,15 @@ def inaturalist2018(
     ``require_all_classes`` as in :func:`imagenet_lt`.
     """
     return _list_dataset(
-        root, split, list_file, "iNaturalist18_{split}.txt", 8142, transform,
-        ("train", "val"), require_all_classes,
-    )  # fmt: skip
+        root,
+        split,
+        list_file,
+        "iNaturalist18_{split}.txt",
+        8142,
+        transform,
+        ("train", "val"),
+        require_all_classes,
+    )
 
 
 def image_folder_lt(

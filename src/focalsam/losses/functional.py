@@ -177,9 +177,14 @@ def logit_adjusted_loss(
     """Logit-adjusted CE (Menon et al. 2021): ``CE(z + tau * log(pi), y)``."""
     offsets = logit_adjustments(class_counts, tau)
     return apply_loss(
-        offset_ce_per_sample, logits, targets, offsets,
-        weight=weight, reduction=reduction, num_classes=len(offsets),
-    )  # fmt: skip
+        offset_ce_per_sample,
+        logits,
+        targets,
+        offsets,
+        weight=weight,
+        reduction=reduction,
+        num_classes=len(offsets),
+    )
 
 
 def balanced_softmax_loss(
@@ -192,9 +197,14 @@ def balanced_softmax_loss(
     """Balanced softmax (Ren et al. 2020): ``CE(z + log(n), y)``."""
     offsets = balanced_softmax_offsets(class_counts)
     return apply_loss(
-        offset_ce_per_sample, logits, targets, offsets,
-        weight=weight, reduction=reduction, num_classes=len(offsets),
-    )  # fmt: skip
+        offset_ce_per_sample,
+        logits,
+        targets,
+        offsets,
+        weight=weight,
+        reduction=reduction,
+        num_classes=len(offsets),
+    )
 
 
 def ldam_loss(
@@ -214,9 +224,15 @@ def ldam_loss(
     """
     m = ldam_margins(class_counts, max_margin)
     return apply_loss(
-        ldam_per_sample, logits, targets, m, scale,
-        weight=weight, reduction=reduction, num_classes=len(m),
-    )  # fmt: skip
+        ldam_per_sample,
+        logits,
+        targets,
+        m,
+        scale,
+        weight=weight,
+        reduction=reduction,
+        num_classes=len(m),
+    )
 
 
 def vs_loss(
@@ -235,9 +251,15 @@ def vs_loss(
     """
     delta, iota = vs_parameters(class_counts, gamma, tau)
     return apply_loss(
-        vs_per_sample, logits, targets, delta, iota,
-        weight=weight, reduction=reduction, num_classes=len(delta),
-    )  # fmt: skip
+        vs_per_sample,
+        logits,
+        targets,
+        delta,
+        iota,
+        weight=weight,
+        reduction=reduction,
+        num_classes=len(delta),
+    )
 
 
 def focal_loss(

@@ -119,9 +119,14 @@ class LongTailLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return apply_loss(
-            self.per_sample, logits, targets, weight=self.weight, reduction=self.reduction,
-            num_classes=self.num_classes, check_range=self.validate,
-        )  # fmt: skip
+            self.per_sample,
+            logits,
+            targets,
+            weight=self.weight,
+            reduction=self.reduction,
+            num_classes=self.num_classes,
+            check_range=self.validate,
+        )
 
     def extra_repr(self) -> str:
         parts = [f"num_classes={self.num_classes}", f"reduction={self.reduction!r}"]

@@ -109,9 +109,15 @@ class CCSAMPasses(WrappedOptimizer):
         zero_grads(params)
         self.last_radii = {}
         return _Batch(
-            losses, targets, size, values[:n], values[classes.numel() :][:n],
-            _loss_scale(scaler, losses), scaler is not None, params,
-        )  # fmt: skip
+            losses,
+            targets,
+            size,
+            values[:n],
+            values[classes.numel() :][:n],
+            _loss_scale(scaler, losses),
+            scaler is not None,
+            params,
+        )
 
     # ------------------------------------------------------- classifier mode
     @contextlib.contextmanager

@@ -166,9 +166,14 @@ class Snapshot:
             scratch = torch.empty_like(saved)
             shapes = [tensors[i].shape for i in index]
             self._flats.append(
-                _Flat(index, saved, scratch, _views(saved, sizes, shapes),
-                      _views(scratch, sizes, shapes))
-            )  # fmt: skip
+                _Flat(
+                    index,
+                    saved,
+                    scratch,
+                    _views(saved, sizes, shapes),
+                    _views(scratch, sizes, shapes),
+                )
+            )
         self._layout = layout
 
 

@@ -203,9 +203,13 @@ class CCSAMStage2:
         checked_values(None, targets, self.num_classes, check_finite=False)
         scaler = active_scaler(scaler)
         clean, perturbed = perturbed_feature_losses(
-            self.classifier, features, targets, self._weights.tensor(features), self.rho,
+            self.classifier,
+            features,
+            targets,
+            self._weights.tensor(features),
+            self.rho,
             self.loss_fn,
-        )  # fmt: skip
+        )
         loss = alpha * perturbed.mean() + (1.0 - alpha) * clean.mean()
         if self.check_finite:
             ensure_finite(loss, "stage 2 returned a non-finite loss; no step was taken")

@@ -37,9 +37,15 @@ BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 #: Settings every sharpness-aware rule of the engine takes (see ``WeightedSAM``).
 SAM_SETTINGS = (
-    "rho", "adaptive", "bn_update", "ascent_all_reduce", "max_grad_norm", "model",
-    "strict_checks", "sam_every",
-)  # fmt: skip
+    "rho",
+    "adaptive",
+    "bn_update",
+    "ascent_all_reduce",
+    "max_grad_norm",
+    "model",
+    "strict_checks",
+    "sam_every",
+)
 
 
 def _finite(name: str, value: Any, low: float = 0.0) -> None:
@@ -233,9 +239,14 @@ def register_optimizer(
     """Register ``factory(params, base_optimizer, **kwargs)`` under ``name``
     (a :class:`MethodSpec` with the given fields)."""
     register_method(
-        MethodSpec(normalize_name(name), factory, spec.pop("description", name),
-                   aliases=tuple(aliases), **spec)
-    )  # fmt: skip
+        MethodSpec(
+            normalize_name(name),
+            factory,
+            spec.pop("description", name),
+            aliases=tuple(aliases),
+            **spec,
+        )
+    )
     return factory
 
 
@@ -315,14 +326,22 @@ class CCSAMClassifierStage:
     (:func:`ccsam_mix_weight`), by SGD at a constant ``stage2_lr``."""
 
     def __init__(
-        self, first: CCSAM, classifier: nn.Module, options: CCSAMOptions, *,
-        momentum: float = 0.9, weight_decay: float = 0.0, max_grad_norm: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        first: CCSAM,
+        classifier: nn.Module,
+        options: CCSAMOptions,
+        *,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+    ) -> None:
         self.options = options
         self.optimizer = torch.optim.SGD(
-            classifier.parameters(), lr=options.stage2_lr, momentum=momentum,
+            classifier.parameters(),
+            lr=options.stage2_lr,
+            momentum=momentum,
             weight_decay=weight_decay,
-        )  # fmt: skip
+        )
         self.second = first.second_stage(
             self.optimizer, rho=options.rho2, max_grad_norm=max_grad_norm
         )
@@ -345,31 +364,61 @@ class CCSAMClassifierStage:
 
 
 register_method(
-    MethodSpec("plain", PlainOptimizer, "the base optimizer alone",
-               settings=("max_grad_norm", "model", "strict_checks"),
-               aliases=("sgd", "base", "none"), passes=(1, 1))
-)  # fmt: skip
+    MethodSpec(
+        "plain",
+        PlainOptimizer,
+        "the base optimizer alone",
+        settings=("max_grad_norm", "model", "strict_checks"),
+        aliases=("sgd", "base", "none"),
+        passes=(1, 1),
+    )
+)
 register_method(MethodSpec("sam", SAM, "SAM (Foret et al. 2021)", passes=(2, 2)))
 register_method(
-    MethodSpec("asam", SAM, "ASAM: SAM with the scale-invariant ascent",
-               fixed={"adaptive": True}, passes=(2, 2))
-)  # fmt: skip
+    MethodSpec(
+        "asam",
+        SAM,
+        "ASAM: SAM with the scale-invariant ascent",
+        fixed={"adaptive": True},
+        passes=(2, 2),
+    )
+)
 register_method(
-    MethodSpec("imbsam", ImbSAM, "ImbSAM (Zhou et al. ICCV 2023)", options=ImbSAMOptions,
-               needs_class_counts=True, aliases=("imb_sam",), passes=(2, 3))
-)  # fmt: skip
+    MethodSpec(
+        "imbsam",
+        ImbSAM,
+        "ImbSAM (Zhou et al. ICCV 2023)",
+        options=ImbSAMOptions,
+        needs_class_counts=True,
+        aliases=("imb_sam",),
+        passes=(2, 3),
+    )
+)
 register_method(
-    MethodSpec("focal_sam", FocalSAM, "Focal-SAM (Li et al. ICML 2025)", options=FocalSAMOptions,
-               needs_class_counts=True, aliases=("focalsam",), passes=(2, 3))
-)  # fmt: skip
+    MethodSpec(
+        "focal_sam",
+        FocalSAM,
+        "Focal-SAM (Li et al. ICML 2025)",
+        options=FocalSAMOptions,
+        needs_class_counts=True,
+        aliases=("focalsam",),
+        passes=(2, 3),
+    )
+)
 register_method(
-    MethodSpec("ccsam", CCSAM, "CC-SAM (Zhou et al. CVPR 2023), two stages",
-               options=CCSAMOptions, settings=("bn_update", "max_grad_norm", "model",
-                         "strict_checks", "sam_every"),
-               needs_class_counts=True, needs_classifier=True, aliases=("cc_sam",),
-               accumulates=False,
-               later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, CCSAMClassifierStage),))
-)  # fmt: skip
+    MethodSpec(
+        "ccsam",
+        CCSAM,
+        "CC-SAM (Zhou et al. CVPR 2023), two stages",
+        options=CCSAMOptions,
+        settings=("bn_update", "max_grad_norm", "model", "strict_checks", "sam_every"),
+        needs_class_counts=True,
+        needs_classifier=True,
+        aliases=("cc_sam",),
+        accumulates=False,
+        later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, CCSAMClassifierStage),),
+    )
+)
 
 __all__ = [
     "BASE_OPTIMIZERS",

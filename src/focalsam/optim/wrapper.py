@@ -18,9 +18,19 @@ from focalsam.optim.errors import InvalidHyperparameterError, StateDictError
 
 #: Per-parameter state of torch's optimizers that has the parameter's shape.
 _PARAM_SHAPED = frozenset(
-    {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "grad_avg",
-     "acc_delta", "sum", "ax", "prev"}
-)  # fmt: skip
+    {
+        "momentum_buffer",
+        "exp_avg",
+        "exp_avg_sq",
+        "max_exp_avg_sq",
+        "square_avg",
+        "grad_avg",
+        "acc_delta",
+        "sum",
+        "ax",
+        "prev",
+    }
+)
 
 
 def _validate_rho(rho: Any) -> None:

@@ -55,7 +55,9 @@ def wnid_labels_from_list(source: PathLike | Any) -> dict[str, int]:
                 f"expected a list file or a dataset with .paths and .labels, got "
                 f"{type(source).__name__}"
             )
-        entries = [(str(p), int(y), f"entry {i} ({p})") for i, (p, y) in enumerate(zip(paths, labels))]  # fmt: skip
+        entries = [
+            (str(p), int(y), f"entry {i} ({p})") for i, (p, y) in enumerate(zip(paths, labels))
+        ]
     by_wnid: dict[str, int] = {}
     by_label: dict[int, str] = {}
     for path, label, where in entries:

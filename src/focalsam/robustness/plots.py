@@ -27,10 +27,12 @@ def plot_corruptions(doc: dict[str, Any], path: Path) -> Path:
     width = 0.8 / len(GROUPS)
     for k, group in enumerate(GROUPS):
         errors = [np.nanmean([1 - c[group] for c in cells if c["corruption"] == n]) for n in names]
-        left.bar(np.arange(len(names)) + (k - 1.5) * width, [100 * e for e in errors], width,
-                 label=group)  # fmt: skip
-        by_severity = [np.nanmean([1 - c[group] for c in cells if c["severity"] == s])
-                       for s in severities]  # fmt: skip
+        left.bar(
+            np.arange(len(names)) + (k - 1.5) * width, [100 * e for e in errors], width, label=group
+        )
+        by_severity = [
+            np.nanmean([1 - c[group] for c in cells if c["severity"] == s]) for s in severities
+        ]
         right.plot(severities, [100 * e for e in by_severity], marker="o", label=group)
     clean = [c for c in doc["cells"] if c["severity"] == 0]
     if clean:

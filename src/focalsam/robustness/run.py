@@ -63,11 +63,18 @@ def _cell(model: Any, batches: Iterable[Any], run: LoadedRun) -> dict[str, Any]:
 
 
 def evaluate_corruptions(
-    run_dir: str | Path, source: str, out: str | Path, *, severities: list[int],
-    names: list[str] | None = None, seed: int = 0, checkpoint: str = "last",
-    device: str | None = None, cache: str | Path | None = None,
+    run_dir: str | Path,
+    source: str,
+    out: str | Path,
+    *,
+    severities: list[int],
+    names: list[str] | None = None,
+    seed: int = 0,
+    checkpoint: str = "last",
+    device: str | None = None,
+    cache: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Evaluate a run under corruptions; writes ``out/corruptions.json`` and ``.png``."""
     from focalsam.robustness.corruptions import CORRUPTIONS
 
@@ -114,9 +121,14 @@ def evaluate_corruptions(
 
 
 def _plan(
-    run: LoadedRun, source: str, wanted: list[str], severities: list[int], seed: int,
-    out: Path, cache: str | Path | None,
-) -> tuple[Callable[[], Iterable[Any]], dict[str, str], str]:  # fmt: skip
+    run: LoadedRun,
+    source: str,
+    wanted: list[str],
+    severities: list[int],
+    seed: int,
+    out: Path,
+    cache: str | Path | None,
+) -> tuple[Callable[[], Iterable[Any]], dict[str, str], str]:
     """What to evaluate: a generator of ``(corruption, severity, batches())``, the
     corruptions skipped with their reasons, and a line saying where images came from."""
     assert run.data.split is not None
@@ -137,9 +149,13 @@ def _plan(
 
 
 def _generated(
-    run: LoadedRun, wanted: list[str], severities: list[int], seed: int, out: Path,
+    run: LoadedRun,
+    wanted: list[str],
+    severities: list[int],
+    seed: int,
+    out: Path,
     cache: str | Path | None,
-) -> tuple[Callable[[], Iterable[Any]], dict[str, str], str]:  # fmt: skip
+) -> tuple[Callable[[], Iterable[Any]], dict[str, str], str]:
     from focalsam.robustness.corruptions import (
         CorruptionCache,
         available_corruptions,
@@ -239,8 +255,11 @@ def _imagenet_c(
                 found = imagenet_c_samples(root, corruption, severity, wnids)
 
                 def batches(f: Any = found) -> Iterable[Any]:
-                    loader = DataLoader(ImageNetCDataset(f.samples, transform), 256,
-                                        num_workers=cfg.data.num_workers)  # fmt: skip
+                    loader = DataLoader(
+                        ImageNetCDataset(f.samples, transform),
+                        256,
+                        num_workers=cfg.data.num_workers,
+                    )
                     return ((x.to(device), y.to(device)) for x, y in loader)
 
                 yield corruption, severity, batches

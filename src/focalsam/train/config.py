@@ -159,10 +159,16 @@ class TrainConfig:
 
 #: short names that are not simply a leaf's own unique name (those work too: ``tau``)
 _NAMED_SHORT_KEYS: dict[str, str] = {
-    "dataset": "data.name", "data_root": "data.root", "model": "model.name",
-    "loss": "loss.name", "optimizer": "optim.name", "base_optimizer": "optim.base",
-    "rho": "optim.rho", "gamma": "optim.focal_sam.gamma", "run_dir": "run.dir",
-}  # fmt: skip
+    "dataset": "data.name",
+    "data_root": "data.root",
+    "model": "model.name",
+    "loss": "loss.name",
+    "optimizer": "optim.name",
+    "base_optimizer": "optim.base",
+    "rho": "optim.rho",
+    "gamma": "optim.focal_sam.gamma",
+    "run_dir": "run.dir",
+}
 
 
 def leaf_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, dataclasses.Field[Any]]:

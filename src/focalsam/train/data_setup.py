@@ -172,9 +172,13 @@ def _in_memory(
         *train_xy, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world_size=world, **kw
     )
     test = DeviceLoader(
-        test_xy[0][rank::world], test_xy[1][rank::world], test_batch,
-        sampling="sequential", augment=False, **kw,
-    )  # fmt: skip
+        test_xy[0][rank::world],
+        test_xy[1][rank::world],
+        test_batch,
+        sampling="sequential",
+        augment=False,
+        **kw,
+    )
 
     def balanced() -> DeviceLoader:
         return DeviceLoader(
@@ -201,14 +205,31 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
             return (x * 255).round().to(torch.uint8)
 
         train, test, balanced, split = _in_memory(
-            cfg, device, rank, world, (to_u8(d.x_train), d.y_train), (to_u8(d.x_test), d.y_test),
-            layout="NCHW", mean=DIGITS_MEAN, std=DIGITS_STD, padding=1, flip=False,
-        )  # fmt: skip
+            cfg,
+            device,
+            rank,
+            world,
+            (to_u8(d.x_train), d.y_train),
+            (to_u8(d.x_test), d.y_test),
+            layout="NCHW",
+            mean=DIGITS_MEAN,
+            std=DIGITS_STD,
+            padding=1,
+            flip=False,
+        )
         counts = d.class_counts.tolist()
         return TrainData(
-            train, test, counts, 10, 1, 8, _preset(cfg), balanced, split,
+            train,
+            test,
+            counts,
+            10,
+            1,
+            8,
+            _preset(cfg),
+            balanced,
+            split,
             class_names=lambda: [str(i) for i in range(10)],
-        )  # fmt: skip
+        )
     if name in ("cifar10", "cifar100"):
         d_cfg = cfg.data
         profile: Any = d_cfg.profile
@@ -218,14 +239,28 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
         if transform == "clip":  # RandomResizedCrop(size) of the upsampled image; test: resize
             style = {"mean": CLIP_MEAN, "std": CLIP_STD, "size": size, "crop": "resized"}
         train, test, balanced, split = _in_memory(
-            cfg, device, rank, world, (lt.images, lt.labels), (full_test.images, full_test.labels),
-            eval_batch_size(3, size), **style,
-        )  # fmt: skip
+            cfg,
+            device,
+            rank,
+            world,
+            (lt.images, lt.labels),
+            (full_test.images, full_test.labels),
+            eval_batch_size(3, size),
+            **style,
+        )
         counts = np.bincount(lt.labels, minlength=lt.num_classes).tolist()
         return TrainData(
-            train, test, counts, lt.num_classes, 3, size, _preset(cfg), balanced, split,
+            train,
+            test,
+            counts,
+            lt.num_classes,
+            3,
+            size,
+            _preset(cfg),
+            balanced,
+            split,
             class_names=lambda: _cifar_names(name),
-        )  # fmt: skip
+        )
     return _image_lists(cfg, device, rank, world, name, transform, size)
 
 

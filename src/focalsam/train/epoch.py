@@ -54,11 +54,13 @@ def train_one_epoch(
             losses, logits = step_fn(x, y)  # forward, the method's backward passes, update
         except NonFiniteLossError as exc:
             raise NonFiniteStep(step, str(exc)) from None
-        batch = torch.stack([
-            losses.detach().sum().double(),
-            (logits.argmax(1) == y).sum().double(),
-            losses.new_tensor(y.shape[0], dtype=torch.float64),
-        ])  # fmt: skip
+        batch = torch.stack(
+            [
+                losses.detach().sum().double(),
+                (logits.argmax(1) == y).sum().double(),
+                losses.new_tensor(y.shape[0], dtype=torch.float64),
+            ]
+        )
         totals = batch if totals is None else totals + batch
         done = step + 1
         if progress is not None:

@@ -35,17 +35,26 @@ def build_model(
         from focalsam.models.clip import ClipOptions
 
         extra["clip"] = ClipOptions(
-            tuning=m.tuning, weights=m.clip_weights, pretrained=m.clip_pretrained,
-            bottleneck=m.adapter_bottleneck, lora_rank=m.lora_rank, vpt_tokens=m.vpt_tokens,
-            text_init=text_init, text_device=str(device),  # prompts encoded where we train
-        )  # fmt: skip
+            tuning=m.tuning,
+            weights=m.clip_weights,
+            pretrained=m.clip_pretrained,
+            bottleneck=m.adapter_bottleneck,
+            lora_rank=m.lora_rank,
+            vpt_tokens=m.vpt_tokens,
+            text_init=text_init,
+            text_device=str(device),  # prompts encoded where we train
+        )
         if text_init:
             names = data.class_names() if callable(data.class_names) else data.class_names
             extra["class_names"] = names
     model = create_model(
-        m.name, data.num_classes, data.in_channels, data.image_size,
-        normed_linear=m.normed_linear, **extra,
-    ).to(device)  # fmt: skip
+        m.name,
+        data.num_classes,
+        data.in_channels,
+        data.image_size,
+        normed_linear=m.normed_linear,
+        **extra,
+    ).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model

@@ -12,15 +12,20 @@ from typing import Any
 from focalsam.train.errors import ConfigError
 
 
-def _cifar(dataset: str, weight_decay: float, focal: dict[str, float], eta: float,
-           ccsam: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+def _cifar(
+    dataset: str, weight_decay: float, focal: dict[str, float], eta: float, ccsam: dict[str, float]
+) -> dict[str, Any]:
     return {
         "data": {"name": dataset, "imbalance_ratio": 100.0},
         "model": {"name": "resnet32"},
         "loss": {"name": "logit_adjustment"},
         "optim": {
-            "name": "focal_sam", "base": "sgd", "lr": 0.1, "momentum": 0.9,
-            "weight_decay": weight_decay, "rho": focal["rho"],
+            "name": "focal_sam",
+            "base": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": weight_decay,
+            "rho": focal["rho"],
             "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
             # ImbSAM's tail: the few-shot classes of this dataset's shot preset
             "imbsam": {"eta": eta},
@@ -28,7 +33,7 @@ def _cifar(dataset: str, weight_decay: float, focal: dict[str, float], eta: floa
             "ccsam": ccsam,
         },
         "train": {"epochs": 200, "batch_size": 64, "lr_schedule": "cosine", "eval_every": 10},
-    }  # fmt: skip
+    }
 
 
 def _clip(dataset: str, focal: dict[str, float], eta: float, **data: Any) -> dict[str, Any]:
@@ -39,8 +44,12 @@ def _clip(dataset: str, focal: dict[str, float], eta: float, **data: Any) -> dic
         "model": {"name": "clip_vit_b16", "tuning": "adaptformer"},
         "loss": {"name": "logit_adjustment", "tau": 1.0},
         "optim": {
-            "name": "focal_sam", "base": "sgd", "lr": 0.01, "momentum": 0.9,
-            "weight_decay": 5e-4, "rho": focal["rho"],
+            "name": "focal_sam",
+            "base": "sgd",
+            "lr": 0.01,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "rho": focal["rho"],
             "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
             "imbsam": {"eta": eta},
             # CC-SAM's classifier stage is a ResNet recipe; its stage 1 alone here
@@ -48,27 +57,43 @@ def _clip(dataset: str, focal: dict[str, float], eta: float, **data: Any) -> dic
         },
         "train": {"epochs": 20, "batch_size": 128, "lr_schedule": "cosine", "eval_every": 5},
         "run": {"precision": "auto"},
-    }  # fmt: skip
+    }
 
 
-def _r50(dataset: str, batch: int, lr: float, wd: float, focal: dict[str, float],
-         rho_schedule: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _r50(
+    dataset: str,
+    batch: int,
+    lr: float,
+    wd: float,
+    focal: dict[str, float],
+    rho_schedule: dict[str, Any],
+) -> dict[str, Any]:
     """ResNet-50 from scratch, logit adjustment, SGD with a cosine schedule, 200 epochs."""
     return {
         "data": {"name": dataset},
         "model": {"name": "resnet50"},
         "loss": {"name": "logit_adjustment"},
         "optim": {
-            "name": "focal_sam", "base": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": wd,
-            "rho": focal["rho"], "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
+            "name": "focal_sam",
+            "base": "sgd",
+            "lr": lr,
+            "momentum": 0.9,
+            "weight_decay": wd,
+            "rho": focal["rho"],
+            "focal_sam": {"gamma": focal["gamma"], "lam": focal["lam"]},
             "imbsam": {"eta": 20.0},
             # stage 2 needs class-balanced batches, which image lists do not offer yet
             "ccsam": {"stage2_epochs": 0},
         },
-        "train": {"epochs": 200, "batch_size": batch, "lr_schedule": "cosine",
-                  "eval_every": 10, **rho_schedule},
+        "train": {
+            "epochs": 200,
+            "batch_size": batch,
+            "lr_schedule": "cosine",
+            "eval_every": 10,
+            **rho_schedule,
+        },
         "run": {"precision": "auto"},
-    }  # fmt: skip
+    }
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -103,7 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"epochs": 30, "batch_size": 64, "lr_schedule": "cosine", "eval_every": 10},
         "run": {"device": "cpu"},
-    },  # fmt: skip
+    },
     "cifar10-lt-r100-clip": _clip(
         "cifar10", {"rho": 0.05, "gamma": 1.5, "lam": 0.7}, 200.0, imbalance_ratio=100.0
     ),
@@ -120,7 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         {"rho": 0.1, "gamma": 0.8, "lam": 0.8},
         # rho 0.1 until epoch 160, then 0.2
         {"rho_schedule": "step", "rho_milestones": [160], "rho_decay": 2.0},
-    ),  # fmt: skip
+    ),
     "inat2018-r50": _r50("inat2018", 512, 0.2, 2e-4, {"rho": 0.2, "gamma": 2.0, "lam": 1.1}, {}),
 }
 

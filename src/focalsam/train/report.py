@@ -9,10 +9,18 @@ GROUPS = ("overall", "many", "medium", "few")
 
 
 def build_report(
-    history: list[dict[str, Any]], best: dict[str, Any] | None, *, run_dir: str, method: str,
-    shot_preset: str, select: str, class_counts: list[int], config: dict[str, Any],
-    passes_per_step: tuple[float, float] | None = None, peak_gpu_memory_mb: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    history: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    *,
+    run_dir: str,
+    method: str,
+    shot_preset: str,
+    select: str,
+    class_counts: list[int],
+    config: dict[str, Any],
+    passes_per_step: tuple[float, float] | None = None,
+    peak_gpu_memory_mb: float | None = None,
+) -> dict[str, Any]:
     """Last epoch and best test epoch, each labelled; ``selected`` is the one ``select`` names.
 
     Costs: ``wall_seconds`` = sum of the epochs' training-loop seconds (evaluation and

@@ -20,9 +20,17 @@ from focalsam.train.config import (
 #: keys a resume may change: how the run is carried out, never what it computes
 #: (``train.epochs`` extends or shortens the run; the lr schedule follows the new length)
 RESUMABLE = frozenset(
-    {"train.epochs", "run.device", "run.progress", "run.tensorboard", "data.num_workers",
-     "data.root", "data.verify_images", "run.dir"}
-)  # fmt: skip
+    {
+        "train.epochs",
+        "run.device",
+        "run.progress",
+        "run.tensorboard",
+        "data.num_workers",
+        "data.root",
+        "data.verify_images",
+        "run.dir",
+    }
+)
 
 
 def run_config_path(run: Path) -> Path:
@@ -76,8 +84,12 @@ def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, di
     changes = {k: v for k, v in new.items() if before.get(k) != v}
     if not earlier and not new:
         return cfg, {}
-    merged = make_config(None, run_config_path(run), {**earlier, **new, "run.dir": cfg.run.dir},
-                         apply_preset_key=False)  # fmt: skip
+    merged = make_config(
+        None,
+        run_config_path(run),
+        {**earlier, **new, "run.dir": cfg.run.dir},
+        apply_preset_key=False,
+    )
     return merged, changes
 
 

@@ -21,9 +21,19 @@ import torch.distributed as dist
 from focalsam.errors import InputError
 
 CSV_COLUMNS = (
-    "epoch", "stage", "lr", "rho", "train_loss", "train_acc", "epoch_seconds",
-    "images_per_second", "test_overall", "test_many", "test_medium", "test_few",
-)  # fmt: skip
+    "epoch",
+    "stage",
+    "lr",
+    "rho",
+    "train_loss",
+    "train_acc",
+    "epoch_seconds",
+    "images_per_second",
+    "test_overall",
+    "test_many",
+    "test_medium",
+    "test_few",
+)
 
 
 class RunDirError(InputError):

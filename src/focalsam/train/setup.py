@@ -107,8 +107,13 @@ class RunParts:
             return
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=initial, leave=False, dynamic_ncols=True,
-                   desc=f"epoch {epoch + 1}/{total_epochs}")  # fmt: skip
+        bar = tqdm(
+            total=steps,
+            initial=initial,
+            leave=False,
+            dynamic_ncols=True,
+            desc=f"epoch {epoch + 1}/{total_epochs}",
+        )
         try:
             yield bar
         finally:
@@ -141,9 +146,12 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def build_run(
-    cfg: TrainConfig, rt: Runtime, *, resume: str | Path | None = None,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    resume: str | Path | None = None,
     checkpoint: dict[str, Any] | None = None,
-) -> RunParts:  # fmt: skip
+) -> RunParts:
     """Every part of the run; raises before anything is written if any input is bad."""
     if resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent

@@ -32,29 +32,49 @@ class OptimizerStage:
     name = "train"
 
     def __init__(
-        self, cfg: TrainConfig, spec: MethodSpec, model: nn.Module, train_model: nn.Module,
-        loss_fn: LongTailLoss, class_counts: list[int], steps_per_epoch: int, rt: Runtime,
-    ) -> None:  # fmt: skip
+        self,
+        cfg: TrainConfig,
+        spec: MethodSpec,
+        model: nn.Module,
+        train_model: nn.Module,
+        loss_fn: LongTailLoss,
+        class_counts: list[int],
+        steps_per_epoch: int,
+        rt: Runtime,
+    ) -> None:
         o, t = cfg.optim, cfg.train
         base: dict[str, Any] = {"lr": o.lr, "weight_decay": o.weight_decay}
         if o.base.lower() == "sgd":
             base.update(momentum=o.momentum, nesterov=o.nesterov)
         settings = {
-            "rho": o.rho, "adaptive": o.adaptive, "bn_update": o.bn_update,
-            "ascent_all_reduce": o.ascent_all_reduce, "max_grad_norm": o.max_grad_norm,
-            "model": train_model, "strict_checks": o.strict_checks, "sam_every": o.sam_every,
-        }  # fmt: skip
+            "rho": o.rho,
+            "adaptive": o.adaptive,
+            "bn_update": o.bn_update,
+            "ascent_all_reduce": o.ascent_all_reduce,
+            "max_grad_norm": o.max_grad_norm,
+            "model": train_model,
+            "strict_checks": o.strict_checks,
+            "sam_every": o.sam_every,
+        }
         self.optimizer: Any = spec.build(
-            model.parameters(), o.base, options=cfg.method_options(), class_counts=class_counts,
+            model.parameters(),
+            o.base,
+            options=cfg.method_options(),
+            class_counts=class_counts,
             classifier=classifier_of(model) if spec.needs_classifier else None,
-            settings=settings, **base,
-        )  # fmt: skip
+            settings=settings,
+            **base,
+        )
         self.epochs = t.epochs
         self.scheduler = build_lr_scheduler(
-            self.optimizer, schedule=t.lr_schedule, epochs=t.epochs,
-            steps_per_epoch=steps_per_epoch, warmup_epochs=t.warmup_epochs,
-            milestones=t.lr_milestones, decay=t.lr_decay,
-        )  # fmt: skip
+            self.optimizer,
+            schedule=t.lr_schedule,
+            epochs=t.epochs,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=t.warmup_epochs,
+            milestones=t.lr_milestones,
+            decay=t.lr_decay,
+        )
         rho_milestones = t.rho_milestones if t.rho_schedule == "step" else []
         self.rho = RhoSchedule(self.optimizer, rho_milestones, t.rho_decay)
         self.accum_steps = t.accum_steps  # validate_config checked the method accumulates
@@ -92,8 +112,10 @@ class OptimizerStage:
             elif self.accum_steps == 1:
                 losses, logits = self.optimizer.step(closure_of(x, y), y, scaler=self.scaler)
             else:  # one step over the whole batch, its passes micro-batch by micro-batch
-                micro = [(closure_of(xm, ym), ym) for xm, ym in zip(
-                    x.chunk(self.accum_steps), y.chunk(self.accum_steps))]  # fmt: skip
+                micro = [
+                    (closure_of(xm, ym), ym)
+                    for xm, ym in zip(x.chunk(self.accum_steps), y.chunk(self.accum_steps))
+                ]
                 outs = self.optimizer.step_accumulated(micro, scaler=self.scaler)
                 losses = torch.cat([o[0] for o in outs])
                 logits = torch.cat([o[1] for o in outs])
@@ -155,8 +177,12 @@ class ClassifierStage:
     from a frozen backbone kept in train mode (as CC-SAM's public code)."""
 
     def __init__(
-        self, build: Callable[..., Any], epochs: int, first: OptimizerStage, cfg: TrainConfig,
-    ) -> None:  # fmt: skip
+        self,
+        build: Callable[..., Any],
+        epochs: int,
+        first: OptimizerStage,
+        cfg: TrainConfig,
+    ) -> None:
         if first.rt.world > 1:
             raise ConfigError(
                 f"the classifier stage of {cfg.optim.name} runs in one process: set its "
@@ -165,9 +191,13 @@ class ClassifierStage:
         self.model, self.rt, self.epochs = first.model, first.rt, epochs
         self.classifier = classifier_of(first.model)
         self.impl = build(
-            first.optimizer, self.classifier, cfg.method_options(), momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm,
-        )  # fmt: skip
+            first.optimizer,
+            self.classifier,
+            cfg.method_options(),
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+            max_grad_norm=cfg.optim.max_grad_norm,
+        )
         self.scaler = self.rt.make_scaler()
         self.loader_name = "balanced"
 
@@ -205,9 +235,14 @@ class ClassifierStage:
 
 
 def build_stages(
-    cfg: TrainConfig, model: nn.Module, train_model: nn.Module, loss_fn: LongTailLoss,
-    class_counts: list[int], steps_per_epoch: int, rt: Runtime,
-) -> list[Any]:  # fmt: skip
+    cfg: TrainConfig,
+    model: nn.Module,
+    train_model: nn.Module,
+    loss_fn: LongTailLoss,
+    class_counts: list[int],
+    steps_per_epoch: int,
+    rt: Runtime,
+) -> list[Any]:
     """Every stage of the configured method with at least one epoch, in order."""
     spec = get_method(cfg.optim.name)
     first = OptimizerStage(

@@ -34,11 +34,14 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: TrainConfig, *, resume: str | Path | None = None,
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: str | Path | None = None,
         resume_changes: dict[str, Any] | None = None,
         on_step: Callable[[Trainer, int, int], None] | None = None,
         log: Callable[[str], None] = print,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.rt = Runtime(cfg.run.device, cfg.run.precision)
         self.on_step, self._log = on_step, log
         try:
@@ -89,10 +92,14 @@ class Trainer:
                         self.epoch, self.total_epochs, len(loader), self.step_in_epoch
                     ) as bar:
                         row |= train_one_epoch(
-                            stage.step_fn(stage_epoch), loader, start_step=self.step_in_epoch,
-                            after_step=self._after_step, progress=bar, all_sum=self.rt.all_sum,
+                            stage.step_fn(stage_epoch),
+                            loader,
+                            start_step=self.step_in_epoch,
+                            after_step=self._after_step,
+                            progress=bar,
+                            all_sum=self.rt.all_sum,
                             skipped=stage.skipped_steps,
-                        )  # fmt: skip
+                        )
                 except NonFiniteStep as exc:
                     raise TrainingDiverged(
                         f"non-finite loss at epoch {self.epoch + 1}, step {exc.step + 1}: {exc}. "
@@ -150,12 +157,17 @@ class Trainer:
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2**20
         out = build_report(
-            self.history, self.best, run_dir=str(self.run_dir), method=p.method,
-            shot_preset=p.data.shot_preset, select=self.cfg.train.select,
-            class_counts=p.data.class_counts, config=to_dict(self.cfg),
+            self.history,
+            self.best,
+            run_dir=str(self.run_dir),
+            method=p.method,
+            shot_preset=p.data.shot_preset,
+            select=self.cfg.train.select,
+            class_counts=p.data.class_counts,
+            config=to_dict(self.cfg),
             passes_per_step=get_method(p.method).passes_per_step(self.cfg.optim.sam_every),
             peak_gpu_memory_mb=peak,
-        )  # fmt: skip
+        )
         p.run_dir.write_text("report.json", json.dumps(out, indent=2))
         return out
 
