@@ -151,7 +151,10 @@ def test_vpt_prompts(tuning: str) -> None:
     assert model.prompts.prompts.shape == (layers, 5, WIDTH)
     feats = model.features(images(2))
     assert feats.shape == (2, WIDTH)
-    feats.sum().backward()
+    # a random readout: ln_post's output sums to 0 per sample (weight 1, bias 0), so
+    # feats.sum() has a zero gradient and would test only rounding noise
+    readout = torch.randn(WIDTH, generator=torch.Generator().manual_seed(3))
+    (feats * readout).sum().backward()
     assert model.prompts.prompts.grad is not None
     assert all(g.abs().sum() > 0 for g in model.prompts.prompts.grad)  # every layer's set is used
 
