@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focalsam.errors import InputError
+from focalsam.errors import InputError, RunError
 from focalsam.train.config import SHORT_KEYS, leaf_fields
 
 #: the settings that get a flag of their own (every key also works as KEY=VALUE)
@@ -434,6 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingDiverged as exc:
         print(f"focalsam: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except RunError as exc:
+        if debug:
+            raise
+        print(f"focalsam: failed: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:
         print(f"focalsam: {exc}", file=sys.stderr)
