@@ -6,7 +6,8 @@ The docstrings in ``src/`` are written for ``help()`` and for doctest: examples 
 rendered each ``>>>`` block (up to the next blank line) outside a Google ``Examples:``
 section (griffe renders those itself) is fenced as ``pycon``, and a
 closing ``::`` becomes ``:`` (its indented block already renders as code). Sphinx roles
-(``:class:`X```) become inline code.
+(``:class:`X```) become inline code, and a reStructuredText simple table (``===  ===``
+rules) is shown as preformatted text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import re
 from typing import Any
 
 import griffe
+
+#: a rule line of a reStructuredText simple table: ``=====  =====``
+_RST_RULE = re.compile(r"^\s*=+(\s+=+)+\s*$")
 
 #: a Sphinx cross-reference role (``:class:`~a.B```), shown as inline code ``B``
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const):`~?([^`]+)`")
@@ -43,6 +47,14 @@ def fence_doctests(text: str) -> str:
             out.append(f"{indent}```pycon")
             while i < len(lines) and lines[i].strip():
                 out.append(lines[i])
+                i += 1
+            out.append(f"{indent}```")
+            continue
+        if _RST_RULE.match(line):
+            indent = line[: len(line) - len(stripped)]
+            out.append(f"{indent}```text")
+            while i < len(lines) and lines[i].strip():
+                out.append(_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], lines[i]))
                 i += 1
             out.append(f"{indent}```")
             continue
