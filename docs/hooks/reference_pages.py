@@ -133,21 +133,19 @@ def config_reference() -> str:
 # -- command line ---------------------------------------------------------------------------
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    out: dict[str, argparse.ArgumentParser] = {}
+def _subcommands(
+    parser: argparse.ArgumentParser, prefix: str = ""
+) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """Every subcommand, nested ones included, depth first: ``(name, summary, parser)``
+    with ``name`` the words after ``focalsam`` (``"train"``, or ``"a b"`` when nested)."""
+    out: list[tuple[str, str, argparse.ArgumentParser]] = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            out.update(action.choices)
-    return out
-
-
-def _summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """The one-line help each subcommand was registered with."""
-    out: dict[str, str] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for choice in action._choices_actions:
-                out[choice.dest] = choice.help or ""
+            summaries = {c.dest: c.help or "" for c in action._choices_actions}
+            for word, sub in action.choices.items():
+                name = prefix + word
+                out.append((name, summaries.get(word, ""), sub))
+                out += _subcommands(sub, name + " ")
     return out
 
 
@@ -160,7 +158,6 @@ def cli_reference() -> str:
 
         parser = build_parser()
         subcommands = _subcommands(parser)
-        summaries = _summaries(parser)
         out = [
             "# Command-line reference",
             "",
@@ -170,12 +167,14 @@ def cli_reference() -> str:
             "| command | what it does |",
             "|---|---|",
         ]
+        anchors = {name: name.replace(" ", "-") for name, _, _ in subcommands}
         out += [
-            f"| [`{name}`](#{name}) | {_cell(summaries.get(name, ''))} |" for name in subcommands
+            f"| [`{name}`](#{anchors[name]}) | {_cell(summary)} |"
+            for name, summary, _ in subcommands
         ]
         out += ["", "## `focalsam`", "", "```text", parser.format_help().rstrip(), "```", ""]
-        for name, sub in subcommands.items():
-            out += [f"## `focalsam {name}` {{#{name}}}", ""]
+        for name, _, sub in subcommands:
+            out += [f"## `focalsam {name}` {{#{anchors[name]}}}", ""]
             out += ["```text", sub.format_help().rstrip(), "```", ""]
         return "\n".join(out)
     finally:
