@@ -4,6 +4,14 @@ All of them (but CC-SAM) are one engine, :class:`WeightedSAM`, for the rule
 ``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)`` with per-class
 clean weights ``a`` and sharp weights ``b``. They wrap any torch optimizer and
 never import the trainer, so they fit any training loop.
+
+Where things are: the engine (:mod:`~focalsam.optim.engine`, whose strict step reads top
+to bottom), the concerns around a step (:mod:`~focalsam.optim.policies`), one module per
+method (:mod:`~focalsam.optim.sam`, :mod:`~focalsam.optim.imbsam`,
+:mod:`~focalsam.optim.focal_sam`, the :mod:`~focalsam.optim.ccsam` package), the per-class
+weights (:mod:`~focalsam.optim.class_weights`), the checks of what the optimizers are given
+(:mod:`~focalsam.optim.validators`) and the methods by name
+(:mod:`~focalsam.optim.registry`).
 """
 
 from focalsam.optim.ccsam import (
