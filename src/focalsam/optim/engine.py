@@ -180,7 +180,7 @@ class WeightedSAM(WrappedOptimizer):
         self._bn = BatchNormPolicy(model, bn_update, weights.sharp_can_vanish)
         self._guard = StepGuard()
         self._every = SamEvery(sam_every)
-        self._passes = Accumulator(
+        self._accumulator = Accumulator(
             weights, self._ascent, self._ddp, self._bn, self._guard, check_finite, name
         )
         self._pending: StepState | None = None  # between first_step and second_step
@@ -352,7 +352,7 @@ class WeightedSAM(WrappedOptimizer):
             )
         params = trainable(self.param_groups)
         st = self._open(params, active_scaler(scaler), True, None, backward)
-        self._passes.clean(st, losses, targets, last=True)
+        self._accumulator.clean(st, losses, targets, last=True)
         self._pending = st
         return st.perturbed
 
@@ -376,7 +376,7 @@ class WeightedSAM(WrappedOptimizer):
                         "first_step perturbed the parameters: second_step needs the losses "
                         "of a forward pass at theta + eps"
                     )
-                self._passes.perturbed(st, 0, losses)
+                self._accumulator.perturbed(st, 0, losses)
             elif losses is not None:
                 raise StepOrderError(
                     "first_step returned False (no perturbed pass): call second_step(None)"
@@ -422,7 +422,7 @@ class WeightedSAM(WrappedOptimizer):
             self._guard.calls += 1
         st = self._open(params, scaler, strict, total, backward)
         try:
-            outs = self._passes.run(st, micro, sharp=self._every.sharp_now())
+            outs = self._accumulator.run(st, micro, sharp=self._every.sharp_now())
         except BaseException:
             self._restore()
             raise
