@@ -27,6 +27,7 @@ __all__ = [
     "tail_mask",
     "validate_class_counts",
 ]
+
 #: Weights of the two-weight rule: one number for every class, or one per class.
 Weights = float | Sequence[float] | Tensor | np.ndarray
 
