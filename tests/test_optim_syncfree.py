@@ -19,7 +19,7 @@ from focalsam.optim import (
     SkipReport,
     create_optimizer,
 )
-from focalsam.optim._guard import host_state_reason
+from focalsam.optim.policies.syncfree import host_state_reason
 
 COUNTS = [40, 20, 6, 2]
 SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}

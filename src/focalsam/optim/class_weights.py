@@ -9,57 +9,27 @@ For class counts ``n_i`` with ``pi_i = n_i / sum(n)``:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from focalsam.class_counts import validate_class_counts as _validate
-from focalsam.optim.errors import ClassCountsError, InvalidHyperparameterError
+from focalsam.optim.errors import InvalidHyperparameterError
+from focalsam.optim.validators import ClassCounts, validate_class_counts
 
-ClassCounts = Sequence[int] | Tensor | np.ndarray
+__all__ = [
+    "ClassCounts",
+    "Weights",
+    "class_priors",
+    "focal_weights",
+    "imbsam_weights",
+    "tail_mask",
+    "validate_class_counts",
+]
+
 #: Weights of the two-weight rule: one number for every class, or one per class.
 Weights = float | Sequence[float] | Tensor | np.ndarray
-
-
-def validate_class_counts(
-    class_counts: ClassCounts, num_classes: int | None = None, *, min_count: int = 1, why: str = ""
-) -> Tensor:
-    """``class_counts`` as a 1-D float64 CPU tensor, checked by
-    :func:`focalsam.class_counts.validate_class_counts`: whole numbers ``>= min_count``
-    (``why``: the reason, for the message), one per class (``num_classes`` of them when
-    given). Raises the optimizers' :class:`ClassCountsError`.
-    """
-    return _validate(
-        class_counts, num_classes, min_count=min_count, why=why, error=ClassCountsError
-    )
-
-
-def as_weights(weights: Weights, name: str) -> float | Tensor:
-    """A constant (float) or a 1-D float64 CPU tensor of per-class weights, checked finite."""
-    if isinstance(weights, int | float):
-        w = float(weights)
-        if not math.isfinite(w):
-            raise InvalidHyperparameterError(f"{name} must be finite, got {w}")
-        return w
-    t = torch.as_tensor(
-        weights.detach().cpu() if isinstance(weights, Tensor) else weights, dtype=torch.float64
-    )
-    if t.ndim != 1 or t.numel() == 0:
-        raise InvalidHyperparameterError(
-            f"{name} must be a number or a non-empty 1-D per-class sequence, "
-            f"got shape {tuple(t.shape)}"
-        )
-    if not torch.isfinite(t).all():
-        raise InvalidHyperparameterError(f"{name} must be finite, got {t.tolist()}")
-    return t
-
-
-def is_zero(w: float | Tensor) -> bool:
-    """Whether every weight is 0 (its backward pass can be skipped)."""
-    return bool(w == 0) if isinstance(w, float) else not bool(w.ne(0).any())
 
 
 def class_priors(class_counts: ClassCounts) -> Tensor:

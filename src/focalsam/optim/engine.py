@@ -1,7 +1,7 @@
-"""The shared engine: one update rule with two per-sample weight vectors.
+"""The engine: one update rule with two per-sample weight vectors.
 
 For a batch of ``B`` per-sample losses ``l_n`` with clean weights ``a_n`` and
-sharp weights ``b_n`` (DESIGN section 3)::
+sharp weights ``b_n``::
 
     g_b(theta) = grad (1/B) sum_n b_n l_n(theta)
     eps        = rho * g_b / ||g_b||            (adaptive: rho * p^2 g_b / ||p * g_b||)
@@ -12,64 +12,67 @@ Plain training is ``a = 1, b = 0``; SAM is ``a = 0, b = 1``; ImbSAM and
 Focal-SAM use per-class weights. A backward pass whose weights are all zero is
 skipped, so SAM costs 2 forward + 2 backward passes and Focal-SAM 2 + 3.
 
-Three options of a step (:class:`WeightedSAM`):
+:meth:`WeightedSAM.step` is the strict one-batch step, written out top to bottom. Each
+concern around it is a part the step calls, in a module named for it:
 
-* gradient accumulation (:meth:`WeightedSAM.step_accumulated`): ``K`` micro-batches
-  make one step on their concatenation, with one ``eps`` from the whole ``g_b``
-  (:mod:`focalsam.optim._passes`);
-* sync-free steps (``strict_checks=False``): no host-device sync; a failed check
-  skips the update on the device (:mod:`focalsam.optim._guard`);
-* every-k sharpness-aware steps (``sam_every=k``): an approximation, see below.
+* the weights ``a_n``, ``b_n`` of each sample: :mod:`focalsam.optim.sample_weights`;
+* the ascent and the move to ``theta + eps``: :mod:`focalsam.optim.ascent`;
+* the fp16 ``GradScaler``: :mod:`focalsam.optim.policies.scaler`;
+* DDP's ``no_sync`` and the ascent all-reduce: :mod:`focalsam.optim.policies.ddp`;
+* BatchNorm statistics: :mod:`focalsam.optim.policies.batchnorm`;
+* gradient accumulation over ``K`` micro-batches (:meth:`WeightedSAM.step_accumulated`),
+  which also runs sync-free steps and the off steps of ``sam_every``:
+  :mod:`focalsam.optim.policies.accumulation`;
+* the sync-free checks (``strict_checks=False``): :mod:`focalsam.optim.policies.syncfree`;
+* every-k sharpness-aware steps (``sam_every=k``): :mod:`focalsam.optim.policies.every`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim._guard import SkipReport, StepGuard, host_state_reason
-from focalsam.optim._passes import StepState
-from focalsam.optim._runner import (
-    CLEAN_DONE,
-    IDLE,
-    PERTURBED,
+from focalsam.optim.ascent import Ascent
+from focalsam.optim.backward import BackwardFn, default_backward
+from focalsam.optim.buffers import zero_grads
+from focalsam.optim.class_weights import Weights
+from focalsam.optim.errors import InvalidHyperparameterError, StepOrderError
+from focalsam.optim.policies.accumulation import Accumulator, StepState, total_size
+from focalsam.optim.policies.batchnorm import BatchNormPolicy, BatchNormUpdate
+from focalsam.optim.policies.ddp import DdpPolicy
+from focalsam.optim.policies.every import SamEvery
+from focalsam.optim.policies.scaler import active_scaler, base_step, scaled
+from focalsam.optim.policies.syncfree import SkipReport, StepGuard, host_state_reason, strict_now
+from focalsam.optim.sample_weights import SampleWeights, weighted_mean
+from focalsam.optim.validators import (
     MicroBatch,
-    StepRunner,
+    check_losses,
     check_micro_batches,
+    check_perturbed_losses,
+    check_targets,
+    detached,
+    losses_of,
+    validate_bn_update,
+    validate_max_grad_norm,
+    validate_rho,
     validate_step_options,
 )
-from focalsam.optim._step import (
-    BackwardFn,
-    BufferPool,
-    DeviceCache,
-    GradAllReduce,
-    active_scaler,
-    default_backward,
-)
-from focalsam.optim.class_weights import Weights, as_weights, is_zero
-from focalsam.optim.errors import (
-    InvalidHyperparameterError,
-    LabelError,
-    StateDictError,
-    StepOrderError,
-)
-from focalsam.optim.wrapper import (
-    _validate_bn_update,
-    _validate_max_grad_norm,
-    _validate_rho,
+from focalsam.optim.wrapped import WrappedOptimizer, trainable
+
+__all__ = ["BatchNormUpdate", "WeightedSAM"]
+
+_NO_CLOSURE = (
+    "{name}.step needs a closure returning per-sample losses; "
+    "for explicit phases call first_step(losses, targets) and second_step(losses)"
 )
 
-BatchNormUpdate = Literal["both", "clean"]
-#: The state-dict key of the step count that ``sam_every`` cycles on.
-SAM_EVERY_KEY = "sam_every"
 
-
-class WeightedSAM(StepRunner):
+class WeightedSAM(WrappedOptimizer):
     """Sharpness-aware minimization with per-class clean and sharp weights.
 
     ``g = grad mean(a * l)(theta) + grad mean(b * l)(theta + eps)``, with
@@ -149,60 +152,58 @@ class WeightedSAM(StepRunner):
         sam_every: int = 1,
         **base_kwargs: Any,
     ) -> None:
-        _validate_rho(rho)
-        _validate_bn_update(bn_update)
+        validate_rho(rho)
+        validate_bn_update(bn_update)
         if bn_update == "clean" and model is None:
             raise InvalidHyperparameterError(
                 "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
             )
-        _validate_max_grad_norm(max_grad_norm)
+        validate_max_grad_norm(max_grad_norm)
         validate_step_options(strict_checks, sam_every)
-        self.clean_weights = as_weights(clean_weights, "clean_weights")
-        self.sharp_weights = as_weights(sharp_weights, "sharp_weights")
-        lengths = {
-            w.numel() for w in (self.clean_weights, self.sharp_weights) if isinstance(w, Tensor)
-        }
-        if len(lengths) > 1:
-            raise InvalidHyperparameterError(
-                f"clean_weights and sharp_weights have different lengths {sorted(lengths)}"
-            )
-        self.num_classes: int | None = lengths.pop() if lengths else None
-        self._clean_is_zero = is_zero(self.clean_weights)
-        self._sharp_is_zero = is_zero(self.sharp_weights)
-        # some class has no sharp weight (ImbSAM's head): a batch may have no sharp term
-        self._sharp_can_vanish = isinstance(self.sharp_weights, Tensor) and bool(
-            self.sharp_weights.eq(0).any()
-        )
-
+        weights = SampleWeights(clean_weights, sharp_weights)
         self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
-        self.model = model
-        self.bn_update: BatchNormUpdate = bn_update
-        self.ascent_all_reduce = ascent_all_reduce
-        self.max_grad_norm = max_grad_norm
-        self.check_finite = check_finite
-        self.strict_checks = strict_checks
-        self.sam_every = sam_every
         if strict_checks is False:
-            trainable = self._trainable()
-            reason = trainable and host_state_reason(self.base_optimizer, trainable[0].device)
+            params_now = trainable(self.param_groups)
+            reason = params_now and host_state_reason(self.base_optimizer, params_now[0].device)
             if reason:
                 raise InvalidHyperparameterError(
                     f"strict_checks=False cannot roll back a skipped step: {reason}, "
                     "or use strict_checks=True"
                 )
-
-        self._weights = DeviceCache(self.clean_weights, self.sharp_weights)
-        # Transient per-parameter buffers, allocated once, never saved.
-        self._eps = BufferPool()
-        self._backup = BufferPool()
-        self._all_reduce = GradAllReduce()
+        self.strict_checks = strict_checks
+        self.max_grad_norm = max_grad_norm
+        self.check_finite = check_finite
+        name = type(self).__name__
+        self._weights = weights
+        self._ascent = Ascent()
+        self._ddp = DdpPolicy(model, ascent_all_reduce, name)
+        self._bn = BatchNormPolicy(model, bn_update, weights.sharp_can_vanish)
         self._guard = StepGuard()
-        self._steps = 0  # steps taken, for sam_every (saved in the state dict)
-        self._phase = IDLE
-        self._pending_step: StepState | None = None
-        self._pending_params: list[Tensor] = []
-        self._perturbed_now = False
-        self._warned_no_model = False
+        self._every = SamEvery(sam_every)
+        self._accumulator = Accumulator(
+            weights, self._ascent, self._ddp, self._bn, self._guard, check_finite, name
+        )
+        self._pending: StepState | None = None  # between first_step and second_step
+
+    @property
+    def clean_weights(self) -> float | Tensor:
+        """``a``: one number, or one weight per class (float64, CPU)."""
+        return self._weights.clean
+
+    @property
+    def sharp_weights(self) -> float | Tensor:
+        """``b``: one number, or one weight per class (float64, CPU)."""
+        return self._weights.sharp
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of per-class weights (``None``: both are numbers)."""
+        return self._weights.num_classes
+
+    @property
+    def sam_every(self) -> int:
+        """``k``: every k-th step is sharpness-aware."""
+        return self._every.every
 
     # ------------------------------------------------------------------ API
     def step(  # type: ignore[override]
@@ -213,26 +214,55 @@ class WeightedSAM(StepRunner):
         scaler: torch.amp.GradScaler | None = None,
         backward: BackwardFn | None = None,
     ) -> Any:
-        """One full update.
+        """One full update; returns the first call's output with its losses detached.
 
-        ``closure()`` runs the forward pass and returns the per-sample losses
-        (shape ``(B,)``), or a tuple whose first element they are (the rest,
-        e.g. logits, is passed through). It is called once at ``theta`` and,
-        unless every sharp weight of the batch is zero (strict steps) or this is
-        an off step of ``sam_every``, once at ``theta + eps``. ``targets`` are the
-        labels ``(B,)`` that pick each sample's weights. ``scaler``: an fp16
-        ``GradScaler`` (unscaled before the ascent norm; a step with an inf/NaN
-        gradient is skipped). ``backward(loss, retain_graph=False)`` replaces
-        ``loss.backward``. Gradients are zeroed here: no ``zero_grad`` needed.
-
-        Returns the first call's output with its losses detached.
+        ``closure()`` runs the forward pass and returns the per-sample losses ``(B,)`` (or
+        a tuple starting with them); it is called at ``theta`` and, unless the batch's
+        sharp weights are all zero, at ``theta + eps``. ``targets``: the labels ``(B,)``
+        that pick each sample's weights; ``scaler``: an fp16 ``GradScaler``;
+        ``backward(loss, retain_graph=False)`` replaces ``loss.backward``. Gradients are
+        zeroed here. Below is the strict step; sync-free steps and off steps of
+        ``sam_every`` run as one micro-batch of :meth:`step_accumulated`.
         """
         if closure is None:
-            raise StepOrderError(
-                f"{type(self).__name__}.step needs a closure returning per-sample losses; "
-                "for explicit phases call first_step(losses, targets) and second_step(losses)"
-            )
-        return self._run([(closure, targets)], scaler, backward)[0]
+            raise StepOrderError(_NO_CLOSURE.format(name=type(self).__name__))
+        params = self._params_for("step")
+        strict = strict_now(self.strict_checks, self.base_optimizer, params)
+        if not strict or not self._every.sharp_now():
+            return self._accumulated([(closure, targets)], params, strict, scaler, backward)[0]
+        scaler, backward = active_scaler(scaler), backward or default_backward
+        self._guard.calls += 1  # strict steps are counted on the host
+        zero_grads(params)
+        w, skip = self._weights, False
+        with self._ddp.context(sync=w.sharp_is_zero):  # DDP: the clean passes do not all-reduce
+            out = closure()  # l_n(theta)
+            losses = losses_of(out)
+            size = check_losses(losses)
+            targets = None if targets is None else check_targets(targets, size)
+            a, b = w.per_sample(targets, losses, type(self).__name__)  # a_n = a[y_n], b_n = b[y_n]
+            run_a, run_b = w.passes_to_run(losses, targets, a, b, self.check_finite)  # one sync
+            if run_b:  # .grad = g_b = grad (1/B) sum_n b_n l_n(theta)
+                backward(scaled(weighted_mean(losses, b, size), scaler), retain_graph=run_a)
+                # eps = rho g_b / ||g_b||  (ASAM: rho p^2 g_b / ||p g_b||), g_b unscaled first
+                norm = self._ascent.write(params, self.param_groups, scaler, True, self._ddp)
+                # an fp16 overflow in g_b: no more passes, the scaler sees the inf and skips
+                skip = scaler is not None and norm is not None and not bool(torch.isfinite(norm))
+                if not skip:
+                    zero_grads(params)
+            if run_a and not skip:  # .grad = g_a = grad (1/B) sum_n a_n l_n(theta)
+                backward(scaled(weighted_mean(losses, a, size), scaler), retain_graph=False)
+        if run_b and not skip:  # theta + eps (BatchNorm held with bn_update="clean")
+            with self._ascent.perturbed(), self._bn.frozen():
+                perturbed = losses_of(closure())  # l_n(theta + eps)
+                check_perturbed_losses(perturbed, size, self.check_finite)
+                # .grad += grad (1/B) sum_n b_n l_n(theta + eps)
+                backward(scaled(weighted_mean(perturbed, b, size), scaler))
+        # theta is restored; clip the gradient and take the base optimizer's step
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        with_grad = [p for p in params if p.grad is not None]
+        base_step(self.base_optimizer, with_grad, scaler, self.max_grad_norm, skip)
+        self._every.advance()
+        return detached(out, losses)
 
     def step_accumulated(
         self,
@@ -270,7 +300,10 @@ class WeightedSAM(StepRunner):
             >>> [o.shape[0] for o in outs]
             [5, 3]
         """
-        return self._run(check_micro_batches(micro), scaler, backward)
+        checked = check_micro_batches(micro)
+        params = self._params_for("step_accumulated")
+        strict = strict_now(self.strict_checks, self.base_optimizer, params)
+        return self._accumulated(checked, params, strict, scaler, backward)
 
     def take_skip_report(self) -> SkipReport | None:
         """The steps skipped on the device since the last call, or ``None`` (one host
@@ -290,7 +323,7 @@ class WeightedSAM(StepRunner):
         rule never takes a perturbed pass (all sharp weights zero), the clean
         backward must synchronize and this is a no-op too.
         """
-        return self._context(sync=self._sharp_is_zero)
+        return self._ddp.context(sync=self._weights.sharp_is_zero)
 
     def first_step(
         self,
@@ -308,7 +341,7 @@ class WeightedSAM(StepRunner):
         of a forward pass at ``theta + eps``; ``False`` when it needs none.
         The explicit phases always check strictly and need ``sam_every=1``.
         """
-        if self._phase != IDLE:
+        if self._pending is not None:
             raise StepOrderError(
                 "first_step called twice without second_step; call second_step to finish"
             )
@@ -317,10 +350,10 @@ class WeightedSAM(StepRunner):
                 f"sam_every={self.sam_every}: the explicit phases always take the "
                 "sharpness-aware step; use step() or step_accumulated()"
             )
-        st = self._open(active_scaler(scaler), True, None, backward or default_backward)
-        self._clean(st, losses, targets, last=True)
-        self._pending_step = st
-        self._phase = PERTURBED if st.perturbed else CLEAN_DONE
+        params = trainable(self.param_groups)
+        st = self._open(params, active_scaler(scaler), True, None, backward)
+        self._accumulator.clean(st, losses, targets, last=True)
+        self._pending = st
         return st.perturbed
 
     def second_step(
@@ -332,68 +365,102 @@ class WeightedSAM(StepRunner):
         ``losses``: per-sample losses of a forward pass at ``theta + eps``, or
         ``None`` when :meth:`first_step` returned ``False``.
         """
-        if self._phase == IDLE or self._pending_step is None:
+        st, self._pending = self._pending, None
+        if st is None:
             raise StepOrderError("second_step called before first_step")
-        st, self._pending_step = self._pending_step, None
         st.backward = backward or default_backward
         try:
-            if self._phase == PERTURBED:
+            if st.perturbed:
                 if losses is None:
                     raise StepOrderError(
                         "first_step perturbed the parameters: second_step needs the losses "
                         "of a forward pass at theta + eps"
                     )
-                self._sharp(st, 0, losses)
+                self._accumulator.perturbed(st, 0, losses)
             elif losses is not None:
                 raise StepOrderError(
                     "first_step returned False (no perturbed pass): call second_step(None)"
                 )
         except BaseException:
             self._restore()
-            self._phase = IDLE
             raise
-        self._phase = IDLE
         self._close(st)
-        self._steps += 1
+        self._every.advance()
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state; with ``sam_every > 1`` also the step count."""
-        state = super().state_dict()
-        if self.sam_every != 1:
-            state[SAM_EVERY_KEY] = {"steps": self._steps, "every": self.sam_every}
-        return state
+        return self._every.save(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict` (the step count of ``sam_every`` when it holds one,
         else the count restarts at 0)."""
-        steps: Any = 0
-        if isinstance(state_dict, dict) and SAM_EVERY_KEY in state_dict:
-            state_dict = dict(state_dict)
-            saved = state_dict.pop(SAM_EVERY_KEY)
-            steps = saved.get("steps") if isinstance(saved, dict) else None
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-                raise StateDictError(
-                    f"the state dict's {SAM_EVERY_KEY!r} must be a dict with a step count "
-                    f"'steps' >= 0, got {saved!r}"
-                )
+        state_dict, steps = self._every.read(state_dict)
         super().load_state_dict(state_dict)
-        self._steps = steps
+        self._every.steps = steps
 
     # -------------------------------------------------------------- helpers
-    def _sample_weights(
-        self, targets: Tensor | None, losses: Tensor
-    ) -> tuple[float | Tensor, float | Tensor]:
-        """Each sample's clean and sharp weights ``(a_n, b_n)`` (constants pass through)."""
-        if self.num_classes is None:
-            return self.clean_weights, self.sharp_weights  # type: ignore[return-value]
-        if targets is None:
-            raise LabelError(
-                f"{type(self).__name__} weights samples by class: pass the labels "
-                "as targets (shape (B,))"
+    def _params_for(self, what: str) -> list[Tensor]:
+        """The trainable parameters, once ``what`` may run (not between the explicit phases)."""
+        if self._pending is not None:
+            raise StepOrderError(
+                f"{what} called between first_step and second_step; call second_step to finish"
             )
-        clean, sharp = self._weights.on(losses)
-        idx = targets.clamp(0, self.num_classes - 1)
-        return (
-            clean[idx] if isinstance(clean, Tensor) else clean,
-            sharp[idx] if isinstance(sharp, Tensor) else sharp,
-        )
+        return trainable(self.param_groups)
+
+    def _accumulated(
+        self,
+        micro: list[MicroBatch],
+        params: list[Tensor],
+        strict: bool,
+        scaler: torch.amp.GradScaler | None,
+        backward: BackwardFn | None,
+    ) -> list[Any]:
+        """One step over the micro-batches by the accumulator, then the update."""
+        total = total_size(micro)
+        scaler = active_scaler(scaler)
+        if strict:
+            self._guard.calls += 1
+        st = self._open(params, scaler, strict, total, backward)
+        try:
+            outs = self._accumulator.run(st, micro, sharp=self._every.sharp_now())
+        except BaseException:
+            self._restore()
+            raise
+        self._close(st)
+        self._every.advance()
+        return outs
+
+    def _open(
+        self,
+        params: list[Tensor],
+        scaler: torch.amp.GradScaler | None,
+        strict: bool,
+        total: int | None,
+        backward: BackwardFn | None,
+    ) -> StepState:
+        """Begin a step of the accumulator: sync-free, save what it may change; zero grads."""
+        if not strict:
+            self._guard.begin(self.base_optimizer, params, self._ddp.model)
+        zero_grads(params)
+        fn = backward or default_backward
+        return StepState(scaler, strict, total, fn, params, self.param_groups)
+
+    def _restore(self) -> None:
+        """``theta`` back from ``theta + eps``, BatchNorm statistics released."""
+        self._ascent.restore()
+        self._bn.unfreeze()
+
+    @torch.no_grad()
+    def _close(self, st: StepState) -> None:
+        """Restore ``theta``, clip, take the base step; sync-free: undo it if a check failed."""
+        self._restore()
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        with_grad = [p for p in st.params if p.grad is not None]
+        if st.strict:
+            base_step(self.base_optimizer, with_grad, st.scaler, self.max_grad_norm, st.skip)
+            return
+        if self.check_finite and st.scaler is None:
+            self._guard.require_finite_grads(st.params)
+        base_step(self.base_optimizer, with_grad, st.scaler, self.max_grad_norm)
+        skip = None if st.ascent_ok is None else st.ascent_ok.logical_not()
+        self._guard.end(self.base_optimizer, st.params[0], skip)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from focalsam.optim.class_weights import ClassCounts, imbsam_weights, validate_class_counts
+from focalsam.optim.class_weights import imbsam_weights
 from focalsam.optim.engine import WeightedSAM
+from focalsam.optim.validators import ClassCounts, validate_class_counts
 
 
 class ImbSAM(WeightedSAM):

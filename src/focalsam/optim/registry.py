@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from focalsam.names import normalize_name
-from focalsam.optim.cc_sam import CCSAM, ccsam_mix_weight
+from focalsam.optim.ccsam import CCSAM, ccsam_mix_weight
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.focal_sam import FocalSAM
 from focalsam.optim.imbsam import ImbSAM

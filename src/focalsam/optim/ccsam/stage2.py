@@ -13,7 +13,7 @@ as the public code's ``train_sample``. It loops over classes, running the
 classifier on the whole batch per class; since a classifier acts on each
 sample alone, one backward gives every ``G_c`` and one forward all perturbed
 logits here (2 classifier forwards and 2 backwards per step, same result).
-Stage 1 and the published recipe: :mod:`focalsam.optim.cc_sam`.
+Stage 1 and the published recipe: :mod:`focalsam.optim.ccsam.stage1`.
 """
 
 from __future__ import annotations
@@ -22,29 +22,31 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim._step import (
-    TINY,
-    DeviceCache,
-    active_scaler,
-    base_step,
+from focalsam.optim.ascent import TINY
+from focalsam.optim.buffers import DeviceCache
+from focalsam.optim.errors import InvalidHyperparameterError, LabelError, LossShapeError
+from focalsam.optim.policies.scaler import active_scaler, base_step
+from focalsam.optim.validators import (
+    ClassCounts,
+    check_classifier_outputs,
     check_targets,
     checked_values,
     ensure_finite,
-    per_sample_cross_entropy,
+    validate_class_counts,
+    validate_max_grad_norm,
+    validate_rho,
 )
-from focalsam.optim.class_weights import ClassCounts, validate_class_counts
-from focalsam.optim.errors import (
-    ClassCountsError,
-    InvalidHyperparameterError,
-    LabelError,
-    LossShapeError,
-)
-from focalsam.optim.wrapper import _validate_max_grad_norm, _validate_rho
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def per_sample_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``l_n = -log softmax(z_n)_{y_n}``, one value per sample."""
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def ccsam_feature_weights(
@@ -103,19 +105,6 @@ def perturbed_feature_losses(
     return clean, perturbed
 
 
-def check_classifier_outputs(classifier: nn.Module | None, class_counts: Tensor) -> int:
-    """The number of classes ``C = len(class_counts)``, checked against the classifier's
-    ``out_features`` when it has one."""
-    num_classes = int(class_counts.numel())
-    out_features = getattr(classifier, "out_features", None)
-    if isinstance(out_features, int) and out_features != num_classes:
-        raise ClassCountsError(
-            f"class_counts has {num_classes} entries but the classifier has "
-            f"{out_features} outputs (expected one count per output)"
-        )
-    return num_classes
-
-
 class CCSAMStage2:
     """CC-SAM, stage 2: retrain the classifier alone on adversarially perturbed features.
 
@@ -155,8 +144,8 @@ class CCSAMStage2:
         max_grad_norm: float | None = None,
         check_finite: bool = True,
     ) -> None:
-        _validate_rho(rho)
-        _validate_max_grad_norm(max_grad_norm)
+        validate_rho(rho)
+        validate_max_grad_norm(max_grad_norm)
         self.class_counts = validate_class_counts(class_counts)
         self.num_classes = check_classifier_outputs(classifier, self.class_counts)
         owned = {p for p in classifier.parameters()}

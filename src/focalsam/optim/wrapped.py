@@ -4,17 +4,15 @@ drives the base optimizer's lr and ``state_dict`` is exactly the base's."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from focalsam.optim._step import base_step
 from focalsam.optim.errors import InvalidHyperparameterError, StateDictError
+from focalsam.optim.validators import validate_rho
 
 #: Per-parameter state of torch's optimizers that has the parameter's shape.
 _PARAM_SHAPED = frozenset(
@@ -33,31 +31,15 @@ _PARAM_SHAPED = frozenset(
 )
 
 
-def _validate_rho(rho: Any) -> None:
-    if not isinstance(rho, int | float) or not math.isfinite(rho) or rho < 0:
-        raise InvalidHyperparameterError(f"rho must be a finite number >= 0, got {rho!r}")
-
-
-def _validate_bn_update(bn_update: Any) -> None:
-    if bn_update not in ("both", "clean"):
-        raise InvalidHyperparameterError(f"bn_update must be 'both' or 'clean', got {bn_update!r}")
-
-
-def _validate_max_grad_norm(max_grad_norm: Any) -> None:
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise InvalidHyperparameterError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-
-
 class WrappedOptimizer(Optimizer):
     """Shares ``param_groups`` and ``state`` with ``self.base_optimizer``.
 
-    Subclasses call :meth:`_wrap` from ``__init__``; every group gets the
-    wrapper's ``defaults`` (``rho`` and the like) besides the base's options.
+    An optimizer built on it calls :meth:`_wrap` from ``__init__``; every group gets its
+    ``defaults`` (``rho`` and the like) besides the base's options. It needs nothing else
+    from the optimizer built on it.
     """
 
     base_optimizer: Optimizer
-    model: nn.Module | None
-    max_grad_norm: float | None
 
     def _wrap(
         self,
@@ -91,12 +73,11 @@ class WrappedOptimizer(Optimizer):
         for group in base.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)
-            _validate_rho(group["rho"])
+            validate_rho(group["rho"])
         self.base_optimizer = base
         # Share groups and state: a scheduler on this object drives the base lr.
         self.param_groups = base.param_groups
         self.state = base.state
-        self._bn_saved: list[tuple[nn.modules.batchnorm._BatchNorm, Any, Tensor | None]] = []
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state (momentum, moments, param groups with ``rho``)."""
@@ -123,7 +104,7 @@ class WrappedOptimizer(Optimizer):
                         f"saved by {type(self).__name__} over "
                         f"{type(self.base_optimizer).__name__} (expected the options {sorted(keys)})"
                     )
-                _validate_rho(group["rho"])
+                validate_rho(group["rho"])
         except InvalidHyperparameterError as exc:
             self.base_optimizer.load_state_dict(previous)
             raise StateDictError(f"the state dict's {exc}") from None
@@ -141,7 +122,7 @@ class WrappedOptimizer(Optimizer):
             return
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
-        _validate_rho(param_group["rho"])
+        validate_rho(param_group["rho"])
         base.add_param_group(param_group)
 
     def take_skip_report(self) -> Any:
@@ -150,31 +131,10 @@ class WrappedOptimizer(Optimizer):
         raise instead). Optimizers with sync-free steps override it."""
         return None
 
-    # ------------------------------------------------------------ shared steps
-    def _trainable(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
 
-    def _freeze_bn(self) -> None:
-        """Hold BatchNorm running statistics (momentum 0) until :meth:`_unfreeze_bn`."""
-        assert self.model is not None
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                tracked = m.num_batches_tracked
-                self._bn_saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
-                m.momentum = 0.0
-
-    def _unfreeze_bn(self) -> None:
-        for m, momentum, tracked in self._bn_saved:
-            m.momentum = momentum
-            if tracked is not None and m.num_batches_tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-        self._bn_saved.clear()
-
-    def _update(self, scaler: torch.amp.GradScaler | None, skip: bool = False) -> None:
-        """Clip the final gradient and take the base step (through the scaler if any)."""
-        self._opt_called = True  # tells lr schedulers that the optimizer stepped
-        params = [p for p in self._trainable() if p.grad is not None]
-        base_step(self.base_optimizer, params, scaler, self.max_grad_norm, skip)
+def trainable(param_groups: list[dict[str, Any]]) -> list[Tensor]:
+    """The parameters of every group that require a gradient."""
+    return [p for group in param_groups for p in group["params"] if p.requires_grad]
 
 
 def _check_state_dict(state_dict: Any, groups: list[dict[str, Any]], owner: str) -> None:

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim._step import distributed
 from focalsam.optim.errors import LabelError, NonFiniteLossError, OptimizerInputError
+from focalsam.optim.policies.ddp import distributed
 
 #: Codes of the checks, in the order a step runs them (0: all passed).
 LABELS, LOSS, ASCENT, PERTURBED_LOSS, GRADIENT, REPLICA = 1, 2, 3, 4, 5, 6
@@ -72,6 +72,18 @@ def reason_of(code: int, low: int, high: int, num_classes: int | None) -> str:
     if code == LABELS:
         return f"label out of range [0, {num_classes}): got labels in [{low}, {high}]"
     return _REASONS.get(code, f"unknown check {code}")
+
+
+def strict_now(strict_checks: bool | None, optimizer: Optimizer, params: list[Tensor]) -> bool:
+    """Whether a step checks on the host: ``strict_checks`` when given, else on the CPU, or
+    when the base optimizer keeps state on the host that a skipped step could not roll back."""
+    if not params:
+        return True
+    if strict_checks is not None:
+        return strict_checks
+    if params[0].device.type != "cuda":
+        return True
+    return host_state_reason(optimizer, params[0].device) is not None
 
 
 def host_state_reason(optimizer: Optimizer, device: torch.device) -> str | None:
@@ -242,6 +254,23 @@ class StepGuard:
             self._labels = torch.stack(
                 [torch.minimum(self._labels[0], low), torch.maximum(self._labels[1], high)]
             )
+
+    def require_inputs(
+        self, losses: Tensor, targets: Tensor | None, num_classes: int | None, check_finite: bool
+    ) -> None:
+        """Labels in ``[0, num_classes)`` (when both are known) and, with ``check_finite``,
+        finite losses at ``theta``."""
+        if num_classes is not None and targets is not None:
+            self.require_labels(targets, num_classes)
+        if check_finite:
+            self.require(torch.isfinite(losses.detach()).all(), LOSS)
+
+    def require_finite_grads(self, params: list[Tensor]) -> None:
+        """The final gradient of ``params`` is finite (one max-norm per tensor)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            peak = torch.stack(torch._foreach_norm(grads, float("inf")))
+            self.require(torch.isfinite(peak).all(), GRADIENT)
 
     @torch.no_grad()
     def end(self, optimizer: Optimizer, like: Tensor, also_skip: Tensor | None = None) -> None:
