@@ -31,17 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.train.errors import ConfigError
+from focalsam.errors import CaptureError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Group options the step reads from device tensors (not baked into the graph).
 DEVICE_OPTIONS = ("lr", "rho")
 _SKIP_KEYS = frozenset({"params", "initial_lr", "initial_rho", *DEVICE_OPTIONS})
-
-
-class CaptureError(ConfigError):
-    """The step cannot be captured in (or replayed from) a CUDA graph."""
 
 
 def check_capturable(
