@@ -16,7 +16,7 @@ from focalsam.metrics import SHOT_PRESETS
 from focalsam.models import MODELS
 from focalsam.models.tuning import TUNING_METHODS
 from focalsam.names import normalize_name
-from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
+from focalsam.optim import BASE_OPTIMIZERS, get_method, list_optimizers
 from focalsam.train.errors import ConfigError
 from focalsam.train.presets import list_presets
 
@@ -81,12 +81,13 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
 def check_cuda_graph(cfg: Any) -> None:
     """What a captured step cannot hold, refused before any run starts."""
     o, r = cfg.optim, cfg.run
+    spec = get_method(o.name)
     bad = [
         (r.precision == "fp16", "precision=fp16 (its GradScaler syncs with the host)"),
         (o.strict_checks is True, "optim.strict_checks=true (eager checks sync)"),
         (o.sam_every != 1, "optim.sam_every > 1"),
         (cfg.train.accum_steps != 1, "train.accum_steps > 1"),
-        (canonical_name(o.name) == "ccsam", "ccsam (its passes depend on the batch's classes)"),
+        (not spec.capturable, f"{spec.name} ({spec.not_capturable_because})"),
         (r.compile, "run.compile (choose one of compile and cuda_graph)"),
         (r.device == "cpu", "device=cpu"),
     ]
@@ -213,7 +214,7 @@ def validate_config(cfg: Any) -> None:
     data_recipe(cfg)  # the image size and transform the dataset offers
     if o.sam_every < 1:
         raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
-    if o.sam_every != 1 and "sam_every" not in spec.settings:
+    if o.sam_every != 1 and not spec.every_k:
         raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
     if t.accum_steps > 1 and not spec.accumulates:
         raise ConfigError(
@@ -233,7 +234,7 @@ def validate_config(cfg: Any) -> None:
     if stages and normalize_name(d.name) in ("imagenet_lt", "inat2018"):
         raise ConfigError(
             f"{spec.name}'s {stages[0].kind} stage needs class-balanced batches, which "
-            f"{d.name} does not offer yet: set optim.{spec.name}.stage2_epochs=0"
+            f"{d.name} does not offer yet: set optim.{spec.name}.{stages[0].epochs_setting}=0"
         )
     channels = {"digits": 1}.get(normalize_name(d.name), 3)
     if normalize_name(m.name) == "resnet50" and channels != 3:
