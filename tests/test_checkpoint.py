@@ -195,8 +195,9 @@ def test_fsync_failure(saved, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.os, "fsync", no_space)
-    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+    with pytest.raises(CheckpointWriteError, match=f"checkpoint {saved} could not be written") as e:
         save_checkpoint({"model": {"w": torch.zeros(3)}}, saved)
+    assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert load_checkpoint(saved)["epoch"] == 3
     assert _leftovers(saved.parent) == ["last.pt"]
