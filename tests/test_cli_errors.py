@@ -4,10 +4,10 @@ nothing written (table-driven: add a row for each new kind of bad input)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_snapshot
 
 from focalsam.cli import main
 
@@ -165,10 +165,6 @@ def finished_run(tmp_path_factory):
     return run
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize(("argv", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(
     argv, expected, tmp_path, finished_run, capsys, monkeypatch
@@ -192,7 +188,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
     torch.save({"model": {"w": torch.zeros(3)}}, tmp_path / "other.pt")
     monkeypatch.chdir(tmp_path)
-    before_tmp, before_run = _snapshot(tmp_path), _snapshot(finished_run)
+    before_tmp, before_run = file_snapshot(tmp_path), file_snapshot(finished_run)
     filled = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(finished_run)) for a in argv]
 
     rc = main(filled)
@@ -204,8 +200,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert len(errors) == 1 and "Traceback" not in err, err
     assert expected in errors[0], f"expected {expected!r} in: {errors[0]}"
     assert all(line.startswith("focalsam: ") for line in lines), err
-    assert _snapshot(tmp_path) == before_tmp, "something was written"
-    assert _snapshot(finished_run) == before_run, "the run directory was changed"
+    assert file_snapshot(tmp_path) == before_tmp, "something was written"
+    assert file_snapshot(finished_run) == before_run, "the run directory was changed"
     assert not (tmp_path / "runs").exists()
 
 
