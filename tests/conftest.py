@@ -140,7 +140,7 @@ def reference_run(
     weight_decay: float,
     adaptive: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The two-weight rule of DESIGN section 3 written out with torch.func and
+    """The two-weight rule (``docs/design.md``) written out with torch.func and
     a hand-written SGD (momentum, coupled weight decay), independent of focalsam.
 
     Returns the final parameters and buffers (BatchNorm statistics updated in

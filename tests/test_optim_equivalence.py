@@ -1,4 +1,4 @@
-"""The rule of DESIGN section 3: special cases, and agreement with an independent reference."""
+"""The two-weight rule (``docs/design.md``): special cases, and agreement with an independent reference."""
 
 from __future__ import annotations
 

@@ -179,9 +179,7 @@ def test_lam_above_one_warns_but_stays_possible():
         make_config("demo", overrides=["lam=1.1", "optimizer=sam"])  # not the chosen method
 
 
-def test_a_failed_save_leaves_no_metrics_row_and_resume_does_not_duplicate(
-    tmp_path, monkeypatch
-):
+def test_a_failed_save_leaves_no_metrics_row_and_resume_does_not_duplicate(tmp_path, monkeypatch):
     import focalsam.train.trainer as trainer_module
 
     run = tmp_path / "run"
