@@ -1,4 +1,5 @@
-"""Shared fixtures and the independent reference implementation of DESIGN section 3."""
+"""Shared fixtures, helpers, and the independent reference of the two-weight rule
+(``docs/design.md``): class weights by hand, the ascent step, SGD, the whole run."""
 
 from __future__ import annotations
 
@@ -50,6 +51,84 @@ def per_sample_ce(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], Tensor
     return lambda: F.cross_entropy(model(x), y, reduction="none")
 
 
+#: the optimizer tests' long-tailed training counts, base SGD and radius
+COUNTS = [40, 20, 6, 2]
+SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
+RHO = 0.2
+
+
+def build(name: str, net: nn.Module, **kw: Any) -> Any:
+    """A registered method on ``net``'s parameters by name (``model=`` is its setting): base SGD (:data:`SGD`), rho :data:`RHO`,
+    the class counts :data:`COUNTS` where it needs them (ImbSAM's tail: eta 10)."""
+    from focalsam.optim import create_optimizer, get_method
+
+    extra: dict[str, Any] = {}
+    if get_method(name).needs_class_counts:
+        extra["class_counts"] = COUNTS
+    if get_method(name).name == "imbsam":
+        extra["eta"] = 10
+    return create_optimizer(name, net.parameters(), "sgd", **{"rho": RHO, **SGD, **extra, **kw})
+
+
+def hand_class_weights(
+    name: str,
+    counts: list[int],
+    *,
+    gamma: float = 2.0,
+    lam: float = 0.5,
+    eta: float = 10,
+    kappa: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``(a, b)`` per class, written by hand from the rule (not with focalsam's helpers):
+    plain ``(1, 0)``; SAM ``(0, 1)``; ImbSAM ``(1[n >= eta], kappa 1[n < eta])``;
+    Focal-SAM ``c = lam (1 - n / sum n) ** gamma``, ``(1 - c, c)``."""
+    n = [float(v) for v in counts]
+    if name == "plain":
+        a, b = [1.0] * len(n), [0.0] * len(n)
+    elif name in ("sam", "asam"):
+        a, b = [0.0] * len(n), [1.0] * len(n)
+    elif name == "imbsam":
+        a = [0.0 if v < eta else 1.0 for v in n]
+        b = [kappa if v < eta else 0.0 for v in n]
+    elif name == "focal_sam":
+        total = sum(n)
+        b = [lam * (1.0 - v / total) ** gamma for v in n]
+        a = [1.0 - c for c in b]
+    else:
+        raise ValueError(f"no hand-written weights for {name!r}")
+    return torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+
+
+def ascent(params: list[Tensor], g_b: list[Tensor], rho: float, adaptive: bool) -> list[Tensor]:
+    """SAM's ascent ``eps = rho g / ||g||`` (ASAM: ``rho p^2 g / ||p g||``)."""
+    if adaptive:
+        norm = torch.sqrt(sum(((p * g) ** 2).sum() for p, g in zip(params, g_b)))
+        return [rho * p**2 * g / (norm + 1e-12) for p, g in zip(params, g_b)]
+    norm = torch.sqrt(sum((g**2).sum() for g in g_b))
+    return [rho * g / (norm + 1e-12) for g in g_b]
+
+
+def sgd_update(
+    params: dict[str, Tensor],
+    buf: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """SGD with momentum and coupled weight decay, in place: ``v = m v + g + wd p``,
+    ``p = p - lr v``."""
+    for k, g in grads.items():
+        buf[k] = momentum * buf[k] + g + weight_decay * params[k]
+        params[k] = params[k] - lr * buf[k]
+
+
+def file_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and modification time (to show nothing
+    was written)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 def reference_run(
     model: nn.Module,
     batches: list[tuple[Tensor, Tensor]],
@@ -61,7 +140,7 @@ def reference_run(
     weight_decay: float,
     adaptive: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The two-weight rule of DESIGN section 3 written out with torch.func and
+    """The two-weight rule (``docs/design.md``) written out with torch.func and
     a hand-written SGD (momentum, coupled weight decay), independent of focalsam.
 
     Returns the final parameters and buffers (BatchNorm statistics updated in
@@ -89,21 +168,17 @@ def reference_run(
         )
         g_b = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, g_b)]
         g_a = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, g_a)]
-        if adaptive:
-            norm = torch.sqrt(sum(((params[k] * g) ** 2).sum() for k, g in zip(names, g_b)))
-            eps = [rho * params[k] ** 2 * g / (norm + 1e-12) for k, g in zip(names, g_b)]
-        else:
-            norm = torch.sqrt(sum((g**2).sum() for g in g_b))
-            eps = [rho * g / (norm + 1e-12) for g in g_b]
+        eps = ascent([params[k] for k in names], g_b, rho, adaptive)
         perturbed = {k: (params[k] + e).requires_grad_(True) for k, e in zip(names, eps)}
         l1 = losses_at(perturbed, x, y)
         g_s = torch.autograd.grad(
             (b * l1).sum() / batch, [perturbed[k] for k in names], allow_unused=True
         )
-        for k, ga, gs in zip(names, g_a, g_s):
-            g = ga + (torch.zeros_like(ga) if gs is None else gs) + weight_decay * params[k]
-            momentum_buf[k] = momentum * momentum_buf[k] + g
-            params[k] = params[k] - lr * momentum_buf[k]
+        grads = {
+            k: ga + (torch.zeros_like(ga) if gs is None else gs)
+            for k, ga, gs in zip(names, g_a, g_s)
+        }
+        sgd_update(params, momentum_buf, grads, lr, momentum, weight_decay)
     return params, buffers
 
 

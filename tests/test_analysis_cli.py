@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import demo_config, silent_trainer
+from conftest import demo_config, file_snapshot, silent_trainer
 
 from focalsam.cli import main
 
@@ -40,13 +40,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 def test_two_runs_side_by_side_write_the_json_and_every_figure(runs, tmp_path, capsys):
     out = tmp_path / "analysis"
-    before = [_snapshot(runs["sgd"]), _snapshot(runs["focal_sam"])]
+    before = [file_snapshot(runs["sgd"]), file_snapshot(runs["focal_sam"])]
     argv = ["analyze", str(runs["sgd"]), str(runs["focal_sam"]), "--out", str(out), *SMALL]
     assert main(argv) == 0
     doc = json.loads((out / "analysis.json").read_text())
@@ -69,7 +65,10 @@ def test_two_runs_side_by_side_write_the_json_and_every_figure(runs, tmp_path, c
     ):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
     assert "top eigenvalue" in capsys.readouterr().out
-    assert [_snapshot(runs["sgd"]), _snapshot(runs["focal_sam"])] == before  # runs untouched
+    assert [
+        file_snapshot(runs["sgd"]),
+        file_snapshot(runs["focal_sam"]),
+    ] == before  # runs untouched
 
 
 def test_finished_measures_are_not_recomputed(runs, tmp_path, monkeypatch):
@@ -125,11 +124,11 @@ def test_the_same_seed_gives_the_same_numbers(runs, tmp_path):
 )
 def test_bad_inputs_are_one_line_exit_2_nothing_written(runs, tmp_path, capsys, extra, message):
     out = tmp_path / "analysis"
-    before = _snapshot(runs["sgd"])
+    before = file_snapshot(runs["sgd"])
     rc = main(["analyze", str(runs["sgd"]), "--out", str(out), *SMALL, *extra])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and message in err, err
-    assert not out.exists() and _snapshot(runs["sgd"]) == before
+    assert not out.exists() and file_snapshot(runs["sgd"]) == before
 
 
 def test_runs_of_two_architectures_share_no_landscape(runs, tmp_path, capsys):

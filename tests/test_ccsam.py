@@ -36,7 +36,7 @@ from focalsam.optim import (
 COUNTS = [40, 20, 6, 2]
 
 
-def build(model: nn.Module, **kw) -> CCSAM:
+def ccsam_on(model: nn.Module, **kw) -> CCSAM:
     kw.setdefault("class_counts", COUNTS)
     kw.setdefault("lr", 0.1)
     if kw.get("mode", "classifier") == "classifier":
@@ -59,7 +59,7 @@ def test_one_class_step_matches_hand_computation(flat_ratio):
     model = tiny_model(batchnorm=False)  # Linear(5, 8) - Tanh - Linear(8, 4), float64
     hand = copy.deepcopy(model)
     rho, lr, cls = 0.2, 0.1, 2
-    opt = build(model, rho=rho, flat_ratio=flat_ratio, lr=lr)
+    opt = ccsam_on(model, rho=rho, flat_ratio=flat_ratio, lr=lr)
     x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     y = torch.full((6,), cls)
     opt.step(per_sample_ce(model, x, y), y)
@@ -144,7 +144,7 @@ def test_matches_reference_over_several_steps(mode, flat_ratio):
     batches = tiny_batches(3, batch=10)
     kw = dict(rho=0.3, flat_ratio=flat_ratio, lr=0.05, momentum=0.9, weight_decay=1e-3)
     expected = reference_ccsam(model, batches, COUNTS, kw["rho"], flat_ratio, 0.05, 0.9, 1e-3, mode)
-    opt = build(model, mode=mode, **kw)
+    opt = ccsam_on(model, mode=mode, **kw)
     for x, y in batches:
         opt.step(per_sample_ce(model, x, y), y)
     for name, p in model.named_parameters():
@@ -162,7 +162,7 @@ def test_no_perturbation_is_the_base_optimizer(mode):
         sgd.step()
     for kw in ({"flat_ratio": 0.0, "rho": 0.5}, {"flat_ratio": 0.7, "rho": 0.0}):
         model = tiny_model()
-        opt = build(model, mode=mode, momentum=0.9, **kw)
+        opt = ccsam_on(model, mode=mode, momentum=0.9, **kw)
         for x, y in batches:
             opt.step(per_sample_ce(model, x, y), y)
         for p, q in zip(model.parameters(), plain.parameters()):
@@ -174,7 +174,7 @@ def test_group_rho_drives_the_radius(mode):
     """A scheduler sets ``group["rho"]``: the radius follows it."""
     x, y = tiny_batches(1)[0]
     m1, m2 = tiny_model(), tiny_model()
-    opt1, opt2 = build(m1, mode=mode, rho=0.4), build(m2, mode=mode, rho=0.1)
+    opt1, opt2 = ccsam_on(m1, mode=mode, rho=0.4), ccsam_on(m2, mode=mode, rho=0.1)
     opt2.param_groups[0]["rho"] = 0.4
     opt1.step(per_sample_ce(m1, x, y), y)
     opt2.step(per_sample_ce(m2, x, y), y)
@@ -203,7 +203,7 @@ def test_passes_per_step(labels, mode, flat_ratio):
     model[-1].register_forward_hook(cls_forward)
     model[0].weight.register_hook(backbone_bwd)
     model[-1].weight.register_hook(cls_bwd)
-    opt = build(model, mode=mode, flat_ratio=flat_ratio)
+    opt = ccsam_on(model, mode=mode, flat_ratio=flat_ratio)
     x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor(labels)
     opt.step(per_sample_ce(model, x, y), y)
     k = len(set(labels))
@@ -240,7 +240,7 @@ def test_stage2_trains_only_the_classifier_and_matches_the_public_loop():
     model = tiny_model()
     ref_fc = copy.deepcopy(model[-1])
     forward, backward, weight_grad = Counter(), Counter(), Counter()
-    opt = build(model)
+    opt = ccsam_on(model)
     stage2 = opt.second_stage(
         torch.optim.SGD(model[-1].parameters(), lr=0.1, momentum=0.9), rho=0.5
     )
@@ -309,12 +309,12 @@ def test_resume_equals_uninterrupted(mode):
     kw = dict(mode=mode, rho=0.2, momentum=0.9, weight_decay=1e-3, lr=0.05)
 
     full = tiny_model()
-    opt = build(full, **kw)
+    opt = ccsam_on(full, **kw)
     for x, y in batches:
         opt.step(per_sample_ce(full, x, y), y)
 
     first = tiny_model()
-    opt = build(first, **kw)
+    opt = ccsam_on(first, **kw)
     for x, y in batches[:3]:
         opt.step(per_sample_ce(first, x, y), y)
     ckpt = checkpoint_roundtrip({"model": first.state_dict(), "optim": opt.state_dict()})
@@ -322,7 +322,7 @@ def test_resume_equals_uninterrupted(mode):
 
     resumed = tiny_model(seed=123)
     resumed.load_state_dict(ckpt["model"])
-    opt = build(resumed, **kw)
+    opt = ccsam_on(resumed, **kw)
     opt.load_state_dict(ckpt["optim"])
     for x, y in batches[3:]:
         opt.step(per_sample_ce(resumed, x, y), y)
@@ -339,7 +339,7 @@ def test_fp16_scaler(mode):
     x = x.float()
     m1, m2 = tiny_model().float(), tiny_model().float()
     kw = dict(mode=mode, rho=0.2, momentum=0.9, max_grad_norm=5.0)
-    opt1, opt2 = build(m1, **kw), build(m2, **kw)
+    opt1, opt2 = ccsam_on(m1, **kw), ccsam_on(m2, **kw)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     for _ in range(2):
         opt1.step(lambda: F.cross_entropy(m1(x), y, reduction="none"), y, scaler=scaler)
@@ -376,18 +376,18 @@ def test_bf16_autocast_on_resnet32():
 def test_bad_class_counts(counts, match):
     model = tiny_model()
     with pytest.raises(ClassCountsError, match=match):
-        build(model, class_counts=counts, num_classes=4)
+        ccsam_on(model, class_counts=counts, num_classes=4)
 
 
 def test_class_counts_against_the_classifier():
     model = tiny_model()
     with pytest.raises(ClassCountsError, match="5 entries but the classifier has 4 outputs"):
-        build(model, class_counts=COUNTS + [3])
+        ccsam_on(model, class_counts=COUNTS + [3])
 
 
 def test_labels_and_losses():
     model = tiny_model()
-    opt = build(model)
+    opt = ccsam_on(model)
     x = torch.randn(4, 5, dtype=torch.float64)
     y = torch.tensor([0, 1, 4, 2])
     with pytest.raises(LabelError, match=r"\[0, 4\).*\[0, 4\]"):
@@ -409,16 +409,16 @@ def test_bad_options():
     model = tiny_model()
     params = list(model.parameters())
     with pytest.raises(InvalidHyperparameterError, match="rho"):
-        build(model, rho=-0.1)
+        ccsam_on(model, rho=-0.1)
     with pytest.raises(InvalidHyperparameterError, match="flat_ratio"):
-        build(model, flat_ratio=1.5)
+        ccsam_on(model, flat_ratio=1.5)
     with pytest.raises(InvalidHyperparameterError, match="mode"):
-        build(model, mode="backbone")
+        ccsam_on(model, mode="backbone")
     with pytest.raises(InvalidHyperparameterError, match="classifier="):
         CCSAM(params, torch.optim.SGD, class_counts=COUNTS, lr=0.1)
     with pytest.raises(InvalidHyperparameterError, match="not among the optimizer's params"):
         CCSAM(params[:2], torch.optim.SGD, class_counts=COUNTS, classifier=model[-1], lr=0.1)
-    opt = build(model)
+    opt = ccsam_on(model)
     x, y = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     with pytest.raises(InvalidHyperparameterError, match="called the classifier 0 times"):
         opt.step(

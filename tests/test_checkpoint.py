@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import focalsam.train.checkpoint as ckpt_mod
-from focalsam.errors import InputError
+from focalsam.errors import InputError, RunError
 from focalsam.train.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -50,7 +50,10 @@ def _error(path: Path, **kw) -> str:
 def test_error_types():
     assert issubclass(CheckpointError, InputError) and issubclass(CheckpointError, ValueError)
     assert not issubclass(CheckpointError, RuntimeError)
-    assert issubclass(CheckpointWriteError, CheckpointError)
+    # a full disk is a failure at run time (exit 1), not bad input (exit 2)
+    assert issubclass(CheckpointWriteError, RunError) and not issubclass(
+        CheckpointWriteError, InputError
+    )
     assert issubclass(CheckpointWriteError, OSError)
 
 
@@ -181,7 +184,7 @@ def test_disk_full_keeps_previous_file_and_no_temp(saved, monkeypatch):
     with pytest.raises(CheckpointWriteError) as e:
         save_checkpoint(big, saved)
     msg = str(e.value)
-    assert isinstance(e.value, InputError) and e.value.errno == errno.ENOSPC
+    assert isinstance(e.value, RunError) and e.value.errno == errno.ENOSPC
     assert f"checkpoint {saved} could not be written: No space left on device" in msg
     assert "previous checkpoint was kept" in msg and "\n" not in msg
     assert saved.read_bytes() == before and _leftovers(saved.parent) == ["last.pt"]
@@ -192,8 +195,9 @@ def test_fsync_failure(saved, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.os, "fsync", no_space)
-    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+    with pytest.raises(CheckpointWriteError, match=f"checkpoint {saved} could not be written") as e:
         save_checkpoint({"model": {"w": torch.zeros(3)}}, saved)
+    assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert load_checkpoint(saved)["epoch"] == 3
     assert _leftovers(saved.parent) == ["last.pt"]

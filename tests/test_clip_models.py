@@ -28,7 +28,7 @@ WIDTH = TINY_CLIP_CONFIG["vision_cfg"]["width"]
 BLOCKS = TINY_CLIP_CONFIG["vision_cfg"]["layers"]
 
 
-def build(tuning: str = "adaptformer", seed: int = 0, classes: int = 4, **options: Any) -> Any:
+def clip_model(tuning: str = "adaptformer", seed: int = 0, classes: int = 4, **options: Any) -> Any:
     torch.manual_seed(seed)
     names = NAMES if classes == len(NAMES) else [f"class_{i}" for i in range(classes)]
     return create_model(
@@ -41,7 +41,7 @@ def images(n: int = 3, seed: int = 1) -> Tensor:
 
 
 def tiny_open_clip(seed: int = 0) -> nn.Module:
-    """The open_clip CLIP that ``build(seed=seed)`` starts from (same RNG draws)."""
+    """The open_clip CLIP that ``clip_model(seed=seed)`` starts from (same RNG draws)."""
     torch.manual_seed(seed)
     return open_clip.CLIP(**TINY_CLIP_CONFIG, quick_gelu=False).float().eval()
 
@@ -79,7 +79,7 @@ def _expected_trainable(model: nn.Module, tuning: str) -> set[str]:
 
 @pytest.mark.parametrize("tuning", TUNING_METHODS)
 def test_only_tuning_parameters_and_head_train(tuning: str) -> None:
-    model = build(tuning)
+    model = clip_model(tuning)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == _expected_trainable(model, tuning)
     assert "fc.weight" in trainable
@@ -105,17 +105,17 @@ def test_only_tuning_parameters_and_head_train(tuning: str) -> None:
     ],
 )
 def test_trainable_counts(tuning: str, added: int) -> None:
-    model = build(tuning)
+    model = clip_model(tuning)
     assert model.trainable_parameter_count() == added + len(NAMES) * WIDTH
     frozen = sum(p.numel() for p in model.visual.parameters() if not p.requires_grad)
     assert model.total_parameter_count() == frozen + model.trainable_parameter_count()
 
 
 def test_train_mode_keeps_frozen_parts_in_eval() -> None:
-    model = build("adaptformer").train()
+    model = clip_model("adaptformer").train()
     assert model.training and model.adapters.training and model.fc.training
     assert not model.visual.training and not model.visual.transformer.resblocks[0].training
-    full = build("full").train()
+    full = clip_model("full").train()
     assert all(m.training for m in full.modules())
     model.eval()
     assert not any(m.training for m in model.modules())
@@ -125,7 +125,7 @@ def test_train_mode_keeps_frozen_parts_in_eval() -> None:
 
 
 def test_untuned_features_match_open_clip() -> None:
-    model = build("bias").eval()
+    model = clip_model("bias").eval()
     with torch.no_grad():
         ours = model.features(images())
         theirs = model.visual(images())  # open_clip's own forward; proj is None
@@ -135,8 +135,8 @@ def test_untuned_features_match_open_clip() -> None:
 
 @pytest.mark.parametrize("tuning", ["adaptformer", "lora"])
 def test_zero_initialised_methods_leave_features_unchanged(tuning: str) -> None:
-    reference = build("bias").eval()
-    model = build(tuning).eval()
+    reference = clip_model("bias").eval()
+    model = clip_model(tuning).eval()
     torch.testing.assert_close(model.fc.weight, reference.fc.weight, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -146,7 +146,7 @@ def test_zero_initialised_methods_leave_features_unchanged(tuning: str) -> None:
 
 @pytest.mark.parametrize("tuning", ["vpt_shallow", "vpt_deep"])
 def test_vpt_prompts(tuning: str) -> None:
-    model = build(tuning, vpt_tokens=5)
+    model = clip_model(tuning, vpt_tokens=5)
     layers = BLOCKS if tuning == "vpt_deep" else 1
     assert model.prompts.prompts.shape == (layers, 5, WIDTH)
     feats = model.features(images(2))
@@ -162,7 +162,7 @@ def test_vpt_prompts(tuning: str) -> None:
 def test_adaptformer_branch_reads_the_blocks_ln2_output() -> None:
     """Reference, block by block: x_attn = x + attn(ln_1 x); h = ln_2(x_attn) (the block's own
     LayerNorm, no adapter LayerNorm); out = x_attn + mlp(h) + s * up(relu(down(h)))."""
-    model = build("adaptformer", bottleneck=3).eval()
+    model = clip_model("adaptformer", bottleneck=3).eval()
     with torch.no_grad():
         for adapter in model.adapters:  # leave step 0: non-zero up and s
             adapter.up.weight.normal_()
@@ -199,8 +199,10 @@ def test_adaptformer_branch_reads_the_blocks_ln2_output() -> None:
 def test_bottleneck_rule() -> None:
     assert [adapter_bottleneck(c) for c in (10, 100, 1000, 8142)] == [1, 4, 32, 256]
     assert [adapter_bottleneck(c) for c in (1, 23, 47, 48, 95, 96)] == [1, 1, 1, 2, 2, 4]
-    assert build("adaptformer", classes=100, text_init=False).adapters[0].down.out_features == 4
-    assert build("adaptformer", bottleneck=6).adapters[1].up.in_features == 6
+    assert (
+        clip_model("adaptformer", classes=100, text_init=False).adapters[0].down.out_features == 4
+    )
+    assert clip_model("adaptformer", bottleneck=6).adapters[1].up.in_features == 6
     with pytest.raises(InputError):
         adapter_bottleneck(0)
 
@@ -231,7 +233,7 @@ def test_text_head_gives_zero_shot_dot_products_in_float64() -> None:
 
 
 def test_text_device_cpu_gives_the_same_head() -> None:
-    torch.testing.assert_close(build(text_device="cpu").fc.weight, build().fc.weight)
+    torch.testing.assert_close(clip_model(text_device="cpu").fc.weight, clip_model().fc.weight)
 
 
 def test_model_head_is_text_initialised_and_text_tower_dropped(monkeypatch: Any) -> None:
@@ -244,7 +246,7 @@ def test_model_head_is_text_initialised_and_text_tower_dropped(monkeypatch: Any)
             made.append(weakref.ref(self))
 
     monkeypatch.setattr(open_clip, "CLIP", Recorded)
-    model = build("adaptformer")
+    model = clip_model("adaptformer")
     gc.collect()
     assert len(made) == 1 and made[0]() is None  # no reference to the CLIP (text tower) kept
     clip = tiny_open_clip()
@@ -260,7 +262,7 @@ def test_model_head_is_text_initialised_and_text_tower_dropped(monkeypatch: Any)
 
 
 def test_focal_sam_steps_lower_the_training_loss() -> None:
-    model = build("adaptformer", classes=4, bottleneck=4)
+    model = clip_model("adaptformer", classes=4, bottleneck=4)
     g = torch.Generator().manual_seed(3)
     y = torch.arange(4).repeat_interleave(6)
     prototypes = 2 * torch.randn(4, 3, 32, 32, generator=g)
@@ -289,14 +291,14 @@ def test_focal_sam_steps_lower_the_training_loss() -> None:
 
 
 def test_trainable_state_dict_round_trip() -> None:
-    model = build("adaptformer")
+    model = clip_model("adaptformer")
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     state = model.trainable_state_dict()
     assert set(state) == {n for n, p in model.named_parameters() if p.requires_grad}
-    fresh = build("adaptformer")
+    fresh = clip_model("adaptformer")
     assert not torch.equal(fresh(images()), model(images()))
     fresh.load_trainable_state_dict({k: v.clone() for k, v in state.items()})
     torch.testing.assert_close(fresh.eval()(images()), model.eval()(images()), rtol=0, atol=0)
@@ -304,15 +306,15 @@ def test_trainable_state_dict_round_trip() -> None:
 
 @pytest.mark.parametrize(("saved", "target"), [("adaptformer", "lora"), ("bias", "layernorm")])
 def test_trainable_state_of_another_method_is_refused(saved: str, target: str) -> None:
-    state = build(saved).trainable_state_dict()
+    state = clip_model(saved).trainable_state_dict()
     with pytest.raises(InputError, match="another tuning method"):
-        build(target).load_trainable_state_dict(state)
+        clip_model(target).load_trainable_state_dict(state)
 
 
 def test_trainable_state_shape_mismatch_is_refused() -> None:
-    state = build("adaptformer", bottleneck=2).trainable_state_dict()
+    state = clip_model("adaptformer", bottleneck=2).trainable_state_dict()
     with pytest.raises(InputError, match="shape"):
-        build("adaptformer", bottleneck=3).load_trainable_state_dict(state)
+        clip_model("adaptformer", bottleneck=3).load_trainable_state_dict(state)
 
 
 # ---- weights -------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def test_load_state_dict_files(tmp_path: Path, fmt: str) -> None:
     else:
         state = clip.state_dict()
         torch.save({"state_dict": state, "epoch": 3} if fmt == "wrapped" else state, path)
-    model = build("lora", seed=0, weights=str(path))  # seed 0: a different random init
+    model = clip_model("lora", seed=0, weights=str(path))  # seed 0: a different random init
     _check_loaded(model, clip, path)
 
 
@@ -389,7 +391,7 @@ def test_load_torchscript_fp16_archive(tmp_path: Path) -> None:
             check_trace=False,
         )
         traced.save(str(path))
-    model = build("adaptformer", seed=0, weights=str(path))
+    model = clip_model("adaptformer", seed=0, weights=str(path))
     _check_loaded(model, clip, path)
 
 
@@ -399,7 +401,7 @@ def test_wrong_architecture_file_is_refused(tmp_path: Path) -> None:
     state.pop("visual.ln_post.weight")
     torch.save(state, path)
     with pytest.raises(InputError) as exc:
-        build(weights=str(path))
+        clip_model(weights=str(path))
     assert "other.bin" in _one_line(exc)
 
 
@@ -434,7 +436,7 @@ def test_bad_build_inputs() -> None:
     with pytest.raises(InputError, match="pretrained"):
         create_model("clip_tiny", 4, clip=ClipOptions(pretrained="openai"), class_names=NAMES)
     with pytest.raises(InputError, match=r"\(B, 3, 32, 32\)"):
-        build().features(torch.randn(2, 3, 64, 64))
+        clip_model().features(torch.randn(2, 3, 64, 64))
 
 
 def test_clip_tiny_image_size() -> None:

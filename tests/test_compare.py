@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import silent_trainer
+from conftest import file_snapshot, silent_trainer
 
 from focalsam.cli import main
 from focalsam.compare import CompareSpec, stat, summarize, terminal, within_noise
@@ -73,10 +73,6 @@ def _accuracy_rows(out: Path) -> dict[str, dict]:
         n: {"acc": r["last_epoch"], "best": r["best_test_epoch"], "pc": r["per_class"]}
         for n, r in rows.items()
     }
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 # ------------------------------------------------------------------ end to end
@@ -204,11 +200,11 @@ def test_rerun_keeps_finished_runs_and_completes_the_others(sequential, tmp_path
         silent_trainer(spec.run_config("focal_sam", 0, out), on_step=stop).fit()
     assert not (out / "focal_sam-seed0" / "report.json").exists()
     shutil.rmtree(out / "focal_sam-seed1")  # never started
-    kept = {r: _snapshot(out / r) for r in ("plain-seed0",)}
+    kept = {r: file_snapshot(out / r) for r in ("plain-seed0",)}
 
     assert main(compare_argv(out)) == 0
 
-    assert {r: _snapshot(out / r) for r in kept} == kept  # untouched
+    assert {r: file_snapshot(out / r) for r in kept} == kept  # untouched
     for run in RUNS:
         assert (out / run / "report.json").is_file()
         assert _same_weights(out / run, sequential / run), run
@@ -254,7 +250,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine\n")
     monkeypatch.chdir(tmp_path)
-    before_tmp, before_cmp = _snapshot(tmp_path), _snapshot(sequential)
+    before_tmp, before_cmp = file_snapshot(tmp_path), file_snapshot(sequential)
     filled = [a.replace("{tmp}", str(tmp_path)).replace("{cmp}", str(sequential)) for a in extra]
     argv = [
         "compare",
@@ -276,8 +272,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("focalsam: error: "), err
-    assert _snapshot(tmp_path) == before_tmp, "something was written"
-    assert _snapshot(sequential) == before_cmp, "the compare folder was changed"
+    assert file_snapshot(tmp_path) == before_tmp, "something was written"
+    assert file_snapshot(sequential) == before_cmp, "the compare folder was changed"
 
 
 # ------------------------------------------------------------------ demo

@@ -44,7 +44,7 @@ def batches(n: int, dtype: torch.dtype = torch.float32) -> list[tuple[Tensor, Te
     ]
 
 
-def build(
+def focal_sam_on_a_cnn(
     dtype: torch.dtype = torch.float32, **extra: object
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
@@ -66,13 +66,16 @@ def eager_steps(model: nn.Module, opt: torch.optim.Optimizer, data: list) -> Non
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_focal_sam_equals_eager(backend: str) -> None:
     data = batches(3)
-    ref, ref_opt = build()
-    model, opt = build()
+    ref, ref_opt = focal_sam_on_a_cnn()
+    model, opt = focal_sam_on_a_cnn()
     compiled = torch.compile(model, backend=backend)
     eager_steps(ref, ref_opt, data)
     for x, y in data:
         opt.step(lambda x=x, y=y: loss_fn(compiled(x), y), y)
-    assert any(not torch.equal(p, q) for p, q in zip(ref.parameters(), build()[0].parameters()))
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(ref.parameters(), focal_sam_on_a_cnn()[0].parameters())
+    )
     assert_same_state(model, ref, atol=1e-5, rtol=1e-4)  # float32 tolerance
 
 
@@ -86,8 +89,8 @@ def test_compiled_backward_needs_donated_buffers_off_for_focal_sam() -> None:
     x, y = data[0]
     with functorch_config.patch(donated_buffer=False):
         torch._dynamo.reset()
-        ref, ref_opt = build()
-        model, opt = build()
+        ref, ref_opt = focal_sam_on_a_cnn()
+        model, opt = focal_sam_on_a_cnn()
         compiled = torch.compile(model, backend="aot_eager")
         ref(x).logsumexp(1).mean().backward()  # a plain backward first, on both
         compiled(x).logsumexp(1).mean().backward()
@@ -103,7 +106,7 @@ def test_compiled_backward_needs_donated_buffers_off_for_focal_sam() -> None:
 
 def sync_free(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.optim.Optimizer]:
     try:
-        return build(dtype, strict_checks=False)
+        return focal_sam_on_a_cnn(dtype, strict_checks=False)
     except TypeError:
         pytest.skip("this focalsam's optimizers have no strict_checks option yet")
 
@@ -130,7 +133,9 @@ def test_capture_refuses_what_a_graph_cannot_hold(change: str, match: str) -> No
     x, y = batches(1)[0]
     autocast = torch.float16 if change == "fp16" else None
     if change == "strict":
-        model, opt = build(strict_checks=True) if _has_strict() else pytest.skip("no strict")
+        model, opt = (
+            focal_sam_on_a_cnn(strict_checks=True) if _has_strict() else pytest.skip("no strict")
+        )
     elif change == "ccsam":
         model = create_model("small_cnn", len(COUNTS), in_channels=3)
         opt = create_optimizer(
@@ -149,7 +154,7 @@ def test_capture_refuses_what_a_graph_cannot_hold(change: str, match: str) -> No
 
 def _has_strict() -> bool:
     try:
-        build(strict_checks=True)
+        focal_sam_on_a_cnn(strict_checks=True)
     except TypeError:
         return False
     return True
@@ -160,7 +165,7 @@ def test_step_program_reads_lr_and_rho_from_device_tensors() -> None:
     eager optimizer with Python floats, while a scheduler and the rho schedule write new
     floats into the groups between steps."""
     data = batches(4, torch.float64)
-    ref, ref_opt = build(torch.float64)
+    ref, ref_opt = focal_sam_on_a_cnn(torch.float64)
     model, opt = sync_free(torch.float64)
     program = StepProgram(opt, model, loss_fn, *data[0])
     group = opt.param_groups[0]
@@ -200,7 +205,7 @@ def test_snapshot_restores_weights_statistics_and_state_in_place() -> None:
     """Warm-up steps are undone: parameters, BatchNorm statistics and the momentum that
     existed are restored in place; momentum created meanwhile is zeroed (with dampening
     0 the next step then equals a first step)."""
-    model, opt = build()
+    model, opt = focal_sam_on_a_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     addresses = [t.data_ptr() for t in model.state_dict().values()]
     snapshot = _Snapshot(model, opt)

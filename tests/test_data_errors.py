@@ -154,8 +154,11 @@ def test_http_error_download(tmp_path, monkeypatch):
         raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cifar_mod.urllib.request, "urlopen", not_found)
-    with pytest.raises(DownloadError, match="404"):
+    with pytest.raises(DownloadError) as e:
         download_cifar(tmp_path, "cifar100")
+    msg = _one_line(e.value)
+    url = cifar_mod.CIFAR_SPECS["cifar100"].url
+    assert f"could not download CIFAR-100 from {url}" in msg and "by hand" in msg
 
 
 def test_checksum_mismatch_is_a_data_error(tmp_path):
@@ -183,7 +186,9 @@ def test_unsafe_member_is_a_data_error(tmp_path):
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    with pytest.raises(DataError):
+    with pytest.raises(
+        DataError, match=r"'\.\./escaped\.txt' would be extracted to .*outside the destination"
+    ):
         download_cifar(tmp_path / "d", url=archive.as_uri(), md5=md5)
     assert not (tmp_path / "escaped.txt").exists()
 

@@ -8,7 +8,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import per_sample_ce, run_gloo, tiny_batches, tiny_model
+from conftest import (
+    COUNTS,
+    RHO,
+    SGD,
+    ascent,
+    build,
+    hand_class_weights,
+    per_sample_ce,
+    run_gloo,
+    sgd_update,
+    tiny_batches,
+    tiny_model,
+)
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -17,35 +29,10 @@ from focalsam.optim import (
     CCSAM,
     AccumulationError,
     OptimizerInputError,
-    create_optimizer,
-    focal_weights,
-    imbsam_weights,
 )
 
-COUNTS = [40, 20, 6, 2]
 C = len(COUNTS)
-SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
-RHO = 0.2
 METHODS = ["sam", "asam", "imbsam", "focal_sam"]
-EXTRA = {"focal_sam": {"class_counts": COUNTS}, "imbsam": {"class_counts": COUNTS, "eta": 10}}
-
-
-def build(name: str, net: nn.Module, **kw):
-    return create_optimizer(
-        name, net.parameters(), "sgd", rho=RHO, **SGD, **EXTRA.get(name, {}), **kw
-    )
-
-
-def class_weights(name: str) -> tuple[Tensor, Tensor]:
-    """``(a, b)`` per class, written from DESIGN section 3 (not read from the optimizer)."""
-    if name == "plain":
-        return torch.ones(C, dtype=torch.float64), torch.zeros(C, dtype=torch.float64)
-    if name in ("sam", "asam"):
-        return torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
-    if name == "imbsam":
-        return imbsam_weights(COUNTS, 10, 1.0, dtype=torch.float64)
-    c = focal_weights(COUNTS, 2.0, 0.5, dtype=torch.float64)
-    return 1 - c, c
 
 
 def split(x: Tensor, y: Tensor, sizes: list[int]) -> list[tuple[Tensor, Tensor]]:
@@ -61,7 +48,7 @@ def reference(
     """Parameters after the rule on each step's concatenated micro-batches, written with
     torch.func and a hand-written SGD. ``eps_per_micro``: the wrong variant that takes
     each micro-batch's ascent from its own g_b (its own norm)."""
-    a_cls, b_cls = class_weights(name)
+    a_cls, b_cls = hand_class_weights(name, COUNTS)
     adaptive = name == "asam"
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     names = list(params)
@@ -74,11 +61,7 @@ def reference(
         return list(torch.autograd.grad(loss, [theta[k] for k in names]))
 
     def eps_of(g_b: list[Tensor]) -> list[Tensor]:
-        if adaptive:
-            norm = torch.sqrt(sum(((params[k] * g) ** 2).sum() for k, g in zip(names, g_b)))
-            return [RHO * params[k] ** 2 * g / (norm + 1e-12) for k, g in zip(names, g_b)]
-        norm = torch.sqrt(sum((g**2).sum() for g in g_b))
-        return [RHO * g / (norm + 1e-12) for g in g_b]
+        return ascent([params[k] for k in names], g_b, RHO, adaptive)
 
     for micro in steps:
         total = sum(y.shape[0] for _, y in micro)
@@ -100,9 +83,7 @@ def reference(
             shifted = {k: (params[k] + ek).requires_grad_(True) for k, ek in zip(names, e)}
             g_s = grad((b_cls[y] * losses(shifted, x, y)).sum() / total, shifted)
             g = [s + gs for s, gs in zip(g, g_s)]
-        for k, gk in zip(names, g):
-            buf[k] = SGD["momentum"] * buf[k] + gk + SGD["weight_decay"] * params[k]
-            params[k] = params[k] - SGD["lr"] * buf[k]
+        sgd_update(params, buf, dict(zip(names, g)), **SGD)
     return params
 
 
@@ -159,8 +140,8 @@ def test_one_micro_batch_is_step_bitwise(name):
     """K = 1 is step(), bit for bit (BatchNorm, clipping, momentum)."""
     m1, m2 = tiny_model(), tiny_model()
     kw = {"max_grad_norm": 0.5}
-    o1 = create_optimizer(name, m1.parameters(), "sgd", **SGD, **EXTRA.get(name, {}), **kw)
-    o2 = create_optimizer(name, m2.parameters(), "sgd", **SGD, **EXTRA.get(name, {}), **kw)
+    o1 = build(name, m1, **kw)
+    o2 = build(name, m2, **kw)
     for x, y in tiny_batches(4):
 
         def closure(model, x=x, y=y):

@@ -48,7 +48,9 @@ def make_batch(d_in: int = D, per_class: int = 3, seed: int = 1) -> tuple[Tensor
     return centres[y] + 0.3 * torch.randn(len(y), d_in, generator=g, dtype=torch.float64), y
 
 
-def build(name: str, model: nn.Sequential, settings: dict[str, Any] | None = None, **kw: Any):
+def build_from_spec(
+    name: str, model: nn.Sequential, settings: dict[str, Any] | None = None, **kw: Any
+):
     spec = get_method(name)
     return spec.build(
         model.parameters(),
@@ -82,7 +84,7 @@ def name(request: pytest.FixtureRequest) -> str:
 def test_steps_decrease_a_convex_loss(name):
     model = make_model()
     x, y = make_batch()
-    opt = build(name, model)
+    opt = build_from_spec(name, model)
     start = F.cross_entropy(model(x), y).item()
     for _ in range(5):
         opt.step(closure_for(model, x, y), y)
@@ -94,12 +96,12 @@ def test_steps_decrease_a_convex_loss(name):
 def test_state_dict_round_trip(name):
     x, y = make_batch()
     m1, m2, m3 = make_model(), make_model(), make_model()
-    opt1 = build(name, m1, momentum=0.9)
+    opt1 = build_from_spec(name, m1, momentum=0.9)
     for _ in range(2):
         opt1.step(closure_for(m1, x, y), y)
     for m in (m2, m3):
         m.load_state_dict(m1.state_dict())
-    opt2, opt3 = build(name, m2, momentum=0.9), build(name, m3, momentum=0.9)
+    opt2, opt3 = build_from_spec(name, m2, momentum=0.9), build_from_spec(name, m3, momentum=0.9)
     opt2.load_state_dict(checkpoint_roundtrip({"o": opt1.state_dict()})["o"])
     for opt, m in ((opt1, m1), (opt2, m2), (opt3, m3)):
         opt.step(closure_for(m, x, y), y)
@@ -111,7 +113,7 @@ def _foreign_state_dicts(name: str) -> dict[str, Any]:
     """State dicts that this method, built on ``make_model()``, must refuse."""
     x3, y3 = make_batch(d_in=3)
     other = make_model(d_in=3)  # as many parameters, of other shapes
-    opt = build(name, other, momentum=0.9)
+    opt = build_from_spec(name, other, momentum=0.9)
     opt.step(closure_for(other, x3, y3), y3)
     bigger = nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, C)).double()
     plain = torch.optim.SGD(make_model().parameters(), lr=0.1, momentum=0.9)
@@ -124,7 +126,7 @@ def _foreign_state_dicts(name: str) -> dict[str, Any]:
         "not a dict": [1, 2],
         "no param_groups": {"state": {}},
         "other shapes": opt.state_dict(),
-        "other parameters": build(name, bigger).state_dict(),
+        "other parameters": build_from_spec(name, bigger).state_dict(),
         "two groups": two_groups,
         "torch SGD, no rho": plain.state_dict(),
     }
@@ -144,7 +146,7 @@ def _foreign_state_dicts(name: str) -> dict[str, Any]:
 def test_foreign_state_dict_is_refused_at_load(name, kind):
     model = make_model()
     x, y = make_batch()
-    opt = build(name, model, momentum=0.9)
+    opt = build_from_spec(name, model, momentum=0.9)
     opt.step(closure_for(model, x, y), y)
     before = opt.state_dict()
     with pytest.raises(StateDictError) as info:
@@ -166,7 +168,7 @@ def test_negative_rho_is_refused(name):
     model = make_model()
     if "rho" in spec.settings:
         with pytest.raises(InvalidHyperparameterError, match="rho"):
-            build(name, model, settings={"rho": -0.1})
+            build_from_spec(name, model, settings={"rho": -0.1})
     elif spec.options is not None and "rho" in {f.name for f in dataclasses.fields(spec.options)}:
         options = dataclasses.replace(spec.default_options(), rho=-0.1)
         with pytest.raises(InvalidHyperparameterError, match="rho"):
@@ -186,7 +188,7 @@ def _refused(name: str, error: type[Exception], match: str, bad_step: Callable) 
     """``bad_step(model, opt, x, y)`` raises ``error`` and takes no step."""
     model = make_model()
     x, y = make_batch()
-    opt = build(name, model, momentum=0.9)
+    opt = build_from_spec(name, model, momentum=0.9)
     before = params_of(model)
     with pytest.raises(error, match=match):
         bad_step(model, opt, x, y)
@@ -244,6 +246,6 @@ def test_passes_per_step_match_the_spec(name):
     counts = {"forward": 0, "backward": 0}
     model.register_forward_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
     model[0].weight.register_hook(lambda _: counts.__setitem__("backward", counts["backward"] + 1))
-    opt = build(name, model)
+    opt = build_from_spec(name, model)
     opt.step(closure_for(model, x, y), y)
     assert (counts["forward"], counts["backward"]) == spec.passes

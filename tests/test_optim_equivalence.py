@@ -1,4 +1,4 @@
-"""The rule of DESIGN section 3: special cases, and agreement with an independent reference."""
+"""The two-weight rule (``docs/design.md``): special cases, and agreement with an independent reference."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import per_sample_ce, reference_run, tiny_batches, tiny_model
+from conftest import hand_class_weights, per_sample_ce, reference_run, tiny_batches, tiny_model
 
-from focalsam.optim import SAM, FocalSAM, ImbSAM, PlainOptimizer, focal_weights, imbsam_weights
+from focalsam.optim import SAM, FocalSAM, ImbSAM, PlainOptimizer
 
 COUNTS = [40, 20, 6, 2]
 SGD_KW = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
@@ -106,8 +106,8 @@ def test_sam_matches_reference(adaptive):
 def test_focal_sam_matches_the_formula_with_batchnorm(gamma, lam):
     batches = tiny_batches(4)
     model = tiny_model()
-    c = focal_weights(COUNTS, gamma, lam, dtype=torch.float64)
-    ref_params, ref_buffers = reference_run(model, batches, 1 - c, c, rho=0.25, **SGD_KW)
+    a, b = hand_class_weights("focal_sam", COUNTS, gamma=gamma, lam=lam)
+    ref_params, ref_buffers = reference_run(model, batches, a, b, rho=0.25, **SGD_KW)
     run(
         model,
         FocalSAM(
@@ -130,7 +130,7 @@ def test_focal_sam_matches_the_formula_with_batchnorm(gamma, lam):
 def test_imbsam_is_the_two_weight_rule_with_its_weights(kappa):
     batches = tiny_batches(4)
     model = tiny_model()
-    a, b = imbsam_weights(COUNTS, eta=10, kappa=kappa, dtype=torch.float64)
+    a, b = hand_class_weights("imbsam", COUNTS, eta=10, kappa=kappa)
     assert a.tolist() == [1, 1, 0, 0] and b.tolist() == [0, 0, kappa, kappa]
     ref_params, _ = reference_run(model, batches, a, b, rho=0.25, **SGD_KW)
     run(

@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import checkpoint_roundtrip, per_sample_ce, tiny_batches, tiny_model
+from conftest import (
+    COUNTS,
+    RHO,
+    SGD,
+    ascent,
+    build,
+    checkpoint_roundtrip,
+    hand_class_weights,
+    per_sample_ce,
+    sgd_update,
+    tiny_batches,
+    tiny_model,
+)
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -16,38 +28,16 @@ from focalsam.optim import (
     InvalidHyperparameterError,
     StateDictError,
     create_optimizer,
-    focal_weights,
     get_method,
-    imbsam_weights,
 )
 
-COUNTS = [40, 20, 6, 2]
 C = len(COUNTS)
-SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
-RHO = 0.2
-EXTRA = {"focal_sam": {"class_counts": COUNTS}, "imbsam": {"class_counts": COUNTS, "eta": 10}}
-
-
-def build(name, model, **kw):
-    return create_optimizer(
-        name, model.parameters(), "sgd", rho=RHO, **SGD, **EXTRA.get(name, {}), **kw
-    )
-
-
-def class_weights(name: str) -> tuple[Tensor, Tensor]:
-    """``(a, b)`` per class from DESIGN section 3."""
-    if name == "sam":
-        return torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
-    if name == "imbsam":
-        return imbsam_weights(COUNTS, 10, 1.0, dtype=torch.float64)
-    c = focal_weights(COUNTS, 2.0, 0.5, dtype=torch.float64)
-    return 1 - c, c
 
 
 def reference(model: nn.Module, batches, name: str, every: int) -> dict[str, Tensor]:
     """float64 torch.func reference: step i is the full rule when i % every == 0, else
     plain SGD on grad (1/B) sum (a_n + b_n) l_n(theta). No BatchNorm."""
-    a_cls, b_cls = class_weights(name)
+    a_cls, b_cls = hand_class_weights(name, COUNTS)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     names = list(params)
     buf = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -61,17 +51,12 @@ def reference(model: nn.Module, batches, name: str, every: int) -> dict[str, Ten
         if i % every:
             g = grad(theta, x, y, a_cls[y] + b_cls[y])
         else:
-            g_b = grad(theta, x, y, b_cls[y])
-            norm = torch.sqrt(sum((gb**2).sum() for gb in g_b))
-            shifted = {
-                k: (params[k] + RHO * gb / (norm + 1e-12)).requires_grad_(True)
-                for k, gb in zip(names, g_b)
-            }
+            g_b = list(grad(theta, x, y, b_cls[y]))
+            eps = ascent([params[k] for k in names], g_b, RHO, adaptive=False)
+            shifted = {k: (params[k] + e).requires_grad_(True) for k, e in zip(names, eps)}
             g_a = grad(theta, x, y, a_cls[y])
             g = [ga + gs for ga, gs in zip(g_a, grad(shifted, x, y, b_cls[y]))]
-        for k, gk in zip(names, g):
-            buf[k] = SGD["momentum"] * buf[k] + gk + SGD["weight_decay"] * params[k]
-            params[k] = params[k] - SGD["lr"] * buf[k]
+        sgd_update(params, buf, dict(zip(names, g)), **SGD)
     return params
 
 

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import InfGrad, per_sample_ce, tiny_batches, tiny_model
+from conftest import COUNTS, InfGrad, build, per_sample_ce, tiny_batches, tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from focalsam.optim import (
@@ -20,16 +20,6 @@ from focalsam.optim import (
     create_optimizer,
 )
 from focalsam.optim.policies.syncfree import host_state_reason
-
-COUNTS = [40, 20, 6, 2]
-SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
-EXTRA = {"focal_sam": {"class_counts": COUNTS}, "imbsam": {"class_counts": COUNTS, "eta": 10}}
-
-
-def build(name, model, **kw):
-    return create_optimizer(
-        name, model.parameters(), "sgd", rho=0.2, model=model, **SGD, **EXTRA.get(name, {}), **kw
-    )
 
 
 def snapshot(model, opt):
@@ -56,7 +46,7 @@ def assert_same(a, b):
 @pytest.mark.parametrize("where", ["clean", "perturbed"])
 def test_a_nan_loss_skips_the_step_on_the_device(where):
     model = tiny_model()  # with BatchNorm
-    opt = build("focal_sam", model, strict_checks=False, max_grad_norm=1.0)
+    opt = build("focal_sam", model, model=model, strict_checks=False, max_grad_norm=1.0)
     batches = tiny_batches(6)
     calls = []
 
@@ -97,8 +87,8 @@ def test_a_skipped_first_step_leaves_no_state():
     """Skipped before any state existed: the run continues as if it never happened."""
     batches = tiny_batches(4)
     m1, m2 = tiny_model(), tiny_model()
-    o1 = build("sam", m1, strict_checks=False)
-    o2 = build("sam", m2, strict_checks=False)
+    o1 = build("sam", m1, model=m1, strict_checks=False)
+    o2 = build("sam", m2, model=m2, strict_checks=False)
     x, y = batches[0]
     o1.step(lambda: F.cross_entropy(m1(x), y, reduction="none") * float("nan"), y)
     for x, y in batches[1:]:
@@ -112,7 +102,10 @@ def test_a_skipped_first_step_leaves_no_state():
 @pytest.mark.parametrize("name", ["plain", "sam", "asam", "imbsam", "focal_sam"])
 def test_sync_free_equals_strict(name):
     m1, m2 = tiny_model(), tiny_model()
-    o1, o2 = build(name, m1, strict_checks=True), build(name, m2, strict_checks=False)
+    o1, o2 = (
+        build(name, m1, model=m1, strict_checks=True),
+        build(name, m2, model=m2, strict_checks=False),
+    )
     for x, y in tiny_batches(4):
         o1.step(per_sample_ce(m1, x, y), y)
         o2.step(per_sample_ce(m2, x, y), y)
@@ -124,7 +117,10 @@ def test_imbsam_without_tail_samples_keeps_batchnorm_statistics_like_strict():
     """A batch with no tail class: strict skips the perturbed forward (all sharp weights
     zero); sync-free runs it (no host read to decide) and must put the statistics back."""
     m1, m2 = tiny_model(), tiny_model()
-    o1, o2 = build("imbsam", m1, strict_checks=True), build("imbsam", m2, strict_checks=False)
+    o1, o2 = (
+        build("imbsam", m1, model=m1, strict_checks=True),
+        build("imbsam", m2, model=m2, strict_checks=False),
+    )
     calls = {1: 0, 2: 0}
     m1.register_forward_hook(lambda *_: calls.__setitem__(1, calls[1] + 1))
     m2.register_forward_hook(lambda *_: calls.__setitem__(2, calls[2] + 1))
@@ -162,7 +158,7 @@ def test_no_host_sync_in_a_sync_free_step(name, guard, monkeypatch):
     x, y = tiny_batches(1)[0]
     for strict in (False, True):
         model = tiny_model()
-        opt = build(name, model, strict_checks=strict, max_grad_norm=1.0)
+        opt = build(name, model, model=model, strict_checks=strict, max_grad_norm=1.0)
         opt.step(per_sample_ce(model, x, y), y)  # state exists: the steady-state step
         with monkeypatch.context() as m:
             if guard == "patch":
@@ -184,7 +180,7 @@ def test_no_host_sync_in_a_sync_free_step(name, guard, monkeypatch):
 
 def test_labels_out_of_range_skip_the_step():
     model = tiny_model()
-    opt = build("focal_sam", model, strict_checks=False)
+    opt = build("focal_sam", model, model=model, strict_checks=False)
     x, y = tiny_batches(1)[0]
     opt.step(per_sample_ce(model, x, y), y)
     bad = y.clone()
@@ -202,7 +198,7 @@ def test_labels_out_of_range_skip_the_step():
 
 def test_strict_default_on_the_cpu_raises_at_once():
     model = tiny_model()
-    opt = build("focal_sam", model)  # strict_checks=None: strict on CPU parameters
+    opt = build("focal_sam", model, model=model)  # strict_checks=None: strict on CPU parameters
     x, y = tiny_batches(1)[0]
     with pytest.raises(NonFiniteLossError):
         opt.step(lambda: F.cross_entropy(model(x), y, reduction="none") * float("nan"), y)
@@ -211,7 +207,7 @@ def test_strict_default_on_the_cpu_raises_at_once():
 
 def test_scaler_overflow_is_the_scalers_to_skip():
     model = tiny_model().float()
-    opt = build("focal_sam", model, strict_checks=False)
+    opt = build("focal_sam", model, model=model, strict_checks=False)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     x, y = tiny_batches(1)[0]
     x = x.float()

@@ -3,6 +3,7 @@ their cache, the pkg_resources stand-in and the per-group error summary."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -281,12 +282,15 @@ def test_cache_round_trip_is_atomic(tmp_path, images, monkeypatch):
     assert cache.get(digest, "fog", 1, 1) is None
     moved.unlink()
 
+    failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def fail(*args):
-        raise OSError("disk full")
+        raise failure
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError) as raised:
         cache.put(digest, "fog", 1, 0, images[::-1].copy())
+    assert raised.value is failure
     assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == [path.name]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_config, silent_trainer
+from conftest import demo_config, file_snapshot, silent_trainer
 
 from focalsam.cli import main
 
@@ -24,12 +24,8 @@ def run(tmp_path_factory) -> Path:
     return path
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 def test_generated_corruptions_per_group_with_clean_accuracy_at_severity_0(run, tmp_path, capsys):
-    before = _snapshot(run)
+    before = file_snapshot(run)
     assert main(["eval", str(run), "--json"]) == 0
     clean = json.loads(capsys.readouterr().out)
     out = tmp_path / "c"
@@ -63,7 +59,7 @@ def test_generated_corruptions_per_group_with_clean_accuracy_at_severity_0(run, 
     noisy = [c for c in doc["cells"] if c["corruption"] == "gaussian_noise" and c["severity"] == 3]
     assert noisy and noisy[0]["overall"] < clean["overall"]
     assert doc["summary"]["mean_error"] > 1 - clean["overall"]
-    assert _snapshot(run) == before
+    assert file_snapshot(run) == before
 
     # a second evaluation reads the cache and gives the same numbers
     assert main(argv) == 0
@@ -106,9 +102,9 @@ def test_a_cifar_c_style_folder_is_read_and_checked(run, tmp_path, capsys):
     ],
 )
 def test_bad_corruption_inputs_are_one_line_exit_2(run, tmp_path, capsys, extra, message):
-    before = _snapshot(run)
+    before = file_snapshot(run)
     argv = ["eval", str(run), *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "o").exists() and _snapshot(run) == before
+    assert not (tmp_path / "o").exists() and file_snapshot(run) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from conftest import demo_config, run_gloo, silent_trainer
 
 from focalsam.cli import main
-from focalsam.errors import InputError
+from focalsam.errors import CheckpointWriteError, InputError
 from focalsam.train import (
     CheckpointError,
     ConfigError,
@@ -134,10 +135,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     def crash(obj, f, *a, **k):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match=f"checkpoint {path} could not be written"):
         save_checkpoint({"model": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))

@@ -204,8 +204,16 @@ def test_every_large_preset_runs_with_every_optimizer(preset, cifar_root, list_r
         def once(trainer: Any, epoch: int, step: int) -> None:
             trainer.request_stop("one step")
 
-        with pytest.raises(TrainingInterrupted), silent_trainer(cfg, on_step=once) as t:
-            t.fit()
+        with silent_trainer(cfg, on_step=once) as t:
+            trainable = {n for n, p in t.model.named_parameters() if p.requires_grad}
+            before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+            with pytest.raises(TrainingInterrupted):
+                t.fit()
+            after = {n: p.detach() for n, p in t.model.named_parameters()}
+        changed = {n for n in before if not torch.equal(before[n], after[n])}
+        # the step moved the trainable parameters, and nothing else (a frozen tower stays)
+        assert changed, f"{preset} / {name}: one step changed no parameter"
+        assert changed <= trainable, f"{preset} / {name}: frozen {sorted(changed - trainable)[:3]}"
         assert (tmp_path / name / "last.pt").is_file()
 
 

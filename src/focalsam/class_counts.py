@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch import Tensor
 
-from focalsam.errors import InputError
+from focalsam.errors import ClassCountsError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,11 +24,6 @@ __all__ = ["ClassCountsError", "CountsLike", "validate_class_counts"]
 CountsLike = Union[Sequence[int], Sequence[float], Tensor, "np.ndarray"]
 
 _SHOWN = 8  # bad classes named in a message
-
-
-class ClassCountsError(InputError):
-    """Class counts that are empty, not 1-D, of the wrong length, not finite, not whole
-    numbers, or below the minimum a method needs."""
 
 
 def validate_class_counts(
@@ -43,15 +38,15 @@ def validate_class_counts(
     """``counts`` as a 1-D float64 CPU tensor ``n`` with ``n_i >= min_count`` whole, checked.
 
     ``num_classes``: the length expected, when known. ``why``: appended to the message
-    of a count below ``min_count`` (the reason a method needs it). ``error``: the
-    :class:`ClassCountsError` subclass to raise (a layer's own kind).
+    of a count below ``min_count`` (the reason a method needs it). Raises ``error``, by
+    default (and in focalsam everywhere) the one :class:`focalsam.errors.ClassCountsError`.
 
     >>> validate_class_counts([5, 2])
     tensor([5., 2.], dtype=torch.float64)
     >>> validate_class_counts([5, 0])
     Traceback (most recent call last):
     ...
-    focalsam.class_counts.ClassCountsError: class_counts must be positive, got 0 for class 1 ...
+    focalsam.errors.ClassCountsError: class_counts must be positive, got 0 for class 1 ...
     """
     if counts is None:
         raise error(f"{name} is required: the number of training samples of each class")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focalsam.errors import InputError, RunError
+from focalsam.errors import InputError, Interrupted, RunError, TrainingDiverged
 from focalsam.train.config import SHORT_KEYS, leaf_fields
 
 #: the settings that get a flag of their own (every key also works as KEY=VALUE)
@@ -406,8 +406,6 @@ def _one_line_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from focalsam.train import TrainingDiverged, TrainingInterrupted
-
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
@@ -432,15 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"focalsam: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDiverged as exc:
-        print(f"focalsam: training stopped: {exc}", file=sys.stderr)
-        return 1
     except RunError as exc:
         if debug:
             raise
-        print(f"focalsam: failed: {exc}", file=sys.stderr)
+        stopped = "training stopped" if isinstance(exc, TrainingDiverged) else "failed"
+        print(f"focalsam: {stopped}: {exc}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as exc:
+    except Interrupted as exc:
         print(f"focalsam: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # outside a training loop (set-up, writing the outputs)

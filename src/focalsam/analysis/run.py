@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from focalsam.analysis.targets import Target, resolve_targets, sample_indices
 from focalsam.errors import InputError
-from focalsam.optim import canonical_name, focal_weights, imbsam_weights
+from focalsam.optim import canonical_name, get_method
 from focalsam.train.evaluation import LoadedRun, load_run
 from focalsam.train.resume import run_config_path
 from focalsam.train.runtime import atomic_write
@@ -269,22 +268,13 @@ class _Context:
 
 
 def _sharp_weights(run: LoadedRun) -> tuple[Tensor | None, str]:
-    """The per-class sharp weights ``b`` of the run's method (DESIGN section 3)."""
-    name = canonical_name(run.cfg.optim.name)
-    counts = run.data.class_counts
-    options = run.cfg.method_options()
-    if name == "focal_sam":
-        return focal_weights(counts, options.gamma, options.lam, dtype=torch.float64), (
-            f"Focal-SAM weights lam (1 - pi_y)^gamma, gamma {options.gamma}, lam {options.lam}"
-        )
-    if name == "imbsam":
-        return imbsam_weights(counts, options.eta, options.kappa, dtype=torch.float64)[1], (
-            f"ImbSAM weights kappa 1[n_y < eta], eta {options.eta}, kappa {options.kappa}"
-        )
-    if name in ("sam", "asam"):
-        note = " (ASAM's adaptive scaling is not applied)" if name == "asam" else ""
-        return torch.ones(len(counts), dtype=torch.float64), f"SAM: all weights 1{note}"
-    return None, f"{name} takes no sharpness-aware ascent"
+    """The per-class sharp weights ``b`` of the run's method, from its spec
+    (:meth:`MethodSpec.class_weights`; ``docs/design.md`` has each rule)."""
+    spec = get_method(run.cfg.optim.name)
+    weights = spec.class_weights(run.cfg.method_options(), run.data.class_counts)
+    if weights is None:
+        return None, f"{spec.name} takes no sharpness-aware ascent"
+    return weights.sharp, weights.what
 
 
 def _bar(total: int, enabled: bool) -> Any:

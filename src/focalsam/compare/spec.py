@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from focalsam.errors import InputError
+from focalsam.errors import CompareError
 from focalsam.optim import canonical_name
 from focalsam.train.config import TrainConfig, make_config, parse_overrides, read_yaml
 
@@ -18,10 +18,6 @@ FORMAT = "focalsam-compare-1"
 RECORD = "compare.yaml"
 #: keys the compare sets for each run itself
 OWN_KEYS = {"optim.name": "--optimizers", "run.seed": "--seeds", "run.dir": "--out"}
-
-
-class CompareError(InputError):
-    """A compare's command is not valid, or does not match its compare directory."""
 
 
 def parse_optimizers(text: str) -> tuple[str, ...]:

@@ -18,21 +18,18 @@ NOISE_RULE = (
     "deviation over seeds (ddof=1); with one seed there is no noise estimate"
 )
 
-LABELS = {
-    "plain": "SGD",
-    "sam": "SAM",
-    "asam": "ASAM",
-    "imbsam": "ImbSAM",
-    "focal_sam": "Focal-SAM",
-    "ccsam": "CC-SAM",
-}
-
 
 def label(name: str, base: str = "sgd") -> str:
-    """The display name of an optimizer (``plain`` is its base optimizer's name)."""
-    if name == "plain":
-        return base.upper() if base.lower() == "sgd" else f"{base} (plain)"
-    return LABELS.get(name, name)
+    """The display name of a registered method (:meth:`MethodSpec.label`; ``base``: the
+    base optimizer's name); a name no longer registered is shown as it is."""
+    from focalsam.errors import InputError
+    from focalsam.optim import get_method
+
+    try:
+        spec = get_method(name)
+    except InputError:
+        return name
+    return spec.label(base)
 
 
 def stat(values: list[float | None]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from focalsam.optim.policies.syncfree import SkipReport
 from focalsam.optim.registry import (
     BASE_OPTIMIZERS,
     CCSAMOptions,
+    ClassWeights,
     FocalSAMOptions,
     ImbSAMOptions,
     MethodSpec,
@@ -49,10 +50,12 @@ from focalsam.optim.registry import (
     create_optimizer,
     get_method,
     list_optimizers,
+    method_of,
     optimizer_aliases,
     register_method,
     register_optimizer,
     resolve_base_optimizer,
+    unregister_method,
 )
 from focalsam.optim.sam import SAM, PlainOptimizer
 from focalsam.optim.validators import validate_ccsam_counts, validate_class_counts
@@ -69,6 +72,7 @@ __all__ = [
     # building them by name
     "BASE_OPTIMIZERS",
     "CCSAMOptions",
+    "ClassWeights",
     "FocalSAMOptions",
     "ImbSAMOptions",
     "MethodSpec",
@@ -77,10 +81,12 @@ __all__ = [
     "create_optimizer",
     "get_method",
     "list_optimizers",
+    "method_of",
     "optimizer_aliases",
     "register_method",
     "register_optimizer",
     "resolve_base_optimizer",
+    "unregister_method",
     # the per-class weights and CC-SAM's radii
     "ccsam_feature_weights",
     "ccsam_mix_weight",

@@ -1,18 +1,14 @@
-"""The one source of method names: a :class:`MethodSpec` per optimizer, by name.
+"""The method registry: every :class:`MethodSpec` by name and alias, the built-in
+methods, and the third-party ones of the ``focalsam.methods`` entry points.
 
-A spec carries what a caller needs to build the method without knowing it:
-its class, its own typed options (a dataclass, validated by itself), which of
-the shared sharpness-aware settings it takes, whether it needs the training
-class counts or the classifier head, and its stages. A training loop builds
-any method through :meth:`MethodSpec.build` and never branches on its name.
+A training loop, the config, the comparison and the analysis ask the registry for a
+method's spec and never branch on its name; a new method is one
+:func:`register_method` call (or one entry point, see :mod:`focalsam.optim.method_plugins`).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,216 +17,118 @@ from torch.optim import Optimizer
 
 from focalsam.names import normalize_name
 from focalsam.optim.ccsam import CCSAM, ccsam_mix_weight
+from focalsam.optim.class_weights import focal_weights, imbsam_weights
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.focal_sam import FocalSAM
 from focalsam.optim.imbsam import ImbSAM
+from focalsam.optim.method_options import CCSAMOptions, FocalSAMOptions, ImbSAMOptions
+from focalsam.optim.method_plugins import load_plugin_methods
+from focalsam.optim.method_spec import (
+    BASE_OPTIMIZERS,
+    SAM_SETTINGS,
+    ClassWeights,
+    MethodSpec,
+    StageSpec,
+    resolve_base_optimizer,
+)
 from focalsam.optim.sam import SAM, PlainOptimizer
 
 OptimizerFactory = Callable[..., Optimizer]
 
-BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-}
 
-#: Settings every sharpness-aware rule of the engine takes (see ``WeightedSAM``).
-SAM_SETTINGS = (
-    "rho",
-    "adaptive",
-    "bn_update",
-    "ascent_all_reduce",
-    "max_grad_norm",
-    "model",
-    "strict_checks",
-    "sam_every",
-)
+class MethodRegistry:
+    """Specs by registered name, and aliases; the entry-point methods are added the
+    first time the registry is listed or asked (once)."""
 
+    def __init__(self, entry_point_group: str | None = None) -> None:
+        self.methods: dict[str, MethodSpec] = {}
+        self.aliases: dict[str, str] = {}
+        self.group = entry_point_group
+        self.loaded_plugins: set[str] = set()
+        self._plugins_done = entry_point_group is None
 
-def _finite(name: str, value: Any, low: float = 0.0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < low:
-        raise InvalidHyperparameterError(
-            f"{name} must be a finite number >= {low:g}, got {value!r}"
-        )
+    def register(self, spec: MethodSpec) -> MethodSpec:
+        """Add ``spec`` under its name and aliases; a name may be registered once."""
+        names = [normalize_name(spec.name), *(normalize_name(a) for a in spec.aliases)]
+        for key in names:
+            if key in self.methods or key in self.aliases:
+                raise ValueError(f"optimizer name {key!r} is already registered")
+        self.methods[names[0]] = spec
+        for alias in names[1:]:
+            self.aliases[alias] = names[0]
+        return spec
 
+    def unregister(self, name: str) -> MethodSpec:
+        """Remove a registered method (by name or alias) and its aliases."""
+        key = self.canonical(name)
+        spec = self.methods.pop(key)
+        for alias in [a for a, n in self.aliases.items() if n == key]:
+            del self.aliases[alias]
+        return spec
 
-@dataclass
-class FocalSAMOptions:
-    """Focal-SAM: sharp weight ``c(y) = lam * (1 - pi_y) ** gamma``, clean weight ``1 - c(y)``."""
+    def _ready(self) -> None:
+        if not self._plugins_done and self.group is not None:
+            self._plugins_done = True  # set first: a plugin may list the registry
+            try:
+                load_plugin_methods(self.group, self.register, self.loaded_plugins)
+            except BaseException:
+                self._plugins_done = False  # a broken plugin fails every query, not once
+                raise
 
-    gamma: float = 2.0
-    lam: float = 0.5
+    def names(self) -> list[str]:
+        self._ready()
+        return sorted(self.methods)
 
-    def validate(self) -> None:
-        _finite("focal_sam.gamma", self.gamma)
-        _finite("focal_sam.lam", self.lam)
-        if self.lam > 1:
-            warnings.warn(
-                f"focal_sam.lam={self.lam:g} > 1: the clean weights 1 - c(y) of the head classes "
-                "are negative (the published iNaturalist ResNet-50 recipe uses 1.1)",
-                UserWarning,
-                stacklevel=2,
-            )
+    def alias_map(self) -> dict[str, str]:
+        self._ready()
+        return dict(self.aliases)
 
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "lam": self.lam}
-
-
-@dataclass
-class ImbSAMOptions:
-    """ImbSAM: classes with fewer than ``eta`` training images are tail; ``kappa`` weights
-    their sharpness (the paper uses 1, its public code 2)."""
-
-    eta: float = 100.0
-    kappa: float = 1.0
-
-    def validate(self) -> None:
-        _finite("imbsam.eta", self.eta)
-        _finite("imbsam.kappa", self.kappa)
-
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        return {"eta": self.eta, "kappa": self.kappa}
-
-
-@dataclass
-class CCSAMOptions:
-    """CC-SAM: stage 1's radius scale and mix, stage 2 (the classifier on class-balanced
-    batches of perturbed features) for ``stage2_epochs`` at a constant ``stage2_lr``."""
-
-    rho: float = 1e-6
-    flat_ratio: float = 0.5
-    mode: str = "classifier"
-    stage2_epochs: int = 30
-    stage2_lr: float = 0.01
-    rho2: float = 1.0
-    up_limit: float = 1.0
-
-    def validate(self) -> None:
-        _finite("ccsam.rho", self.rho)
-        _finite("ccsam.flat_ratio", self.flat_ratio)
-        if self.flat_ratio > 1:
+    def canonical(self, name: str) -> str:
+        self._ready()
+        key = normalize_name(name)
+        key = self.aliases.get(key, key)
+        if key not in self.methods:
             raise InvalidHyperparameterError(
-                f"ccsam.flat_ratio must lie in [0, 1], got {self.flat_ratio!r}"
+                f"unknown optimizer {name!r}; valid: {self.describe()}"
             )
-        if self.mode not in ("classifier", "network"):
-            raise InvalidHyperparameterError(
-                f"ccsam.mode must be 'classifier' (public code) or 'network' (paper), "
-                f"got {self.mode!r}"
-            )
-        if isinstance(self.stage2_epochs, bool) or not isinstance(self.stage2_epochs, int):
-            raise InvalidHyperparameterError(
-                f"ccsam.stage2_epochs must be an integer, got {self.stage2_epochs!r}"
-            )
-        if self.stage2_epochs < 0:
-            raise InvalidHyperparameterError(
-                f"ccsam.stage2_epochs must be >= 0, got {self.stage2_epochs}"
-            )
-        _finite("ccsam.stage2_lr", self.stage2_lr)
-        if self.stage2_lr == 0:
-            raise InvalidHyperparameterError("ccsam.stage2_lr must be > 0, got 0")
-        _finite("ccsam.rho2", self.rho2)
-        _finite("ccsam.up_limit", self.up_limit)
+        return key
 
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        return {"rho": self.rho, "flat_ratio": self.flat_ratio, "mode": self.mode}
+    def get(self, name: str) -> MethodSpec:
+        return self.methods[self.canonical(name)]
 
+    def of(self, optimizer: Optimizer) -> MethodSpec | None:
+        """The spec whose class built ``optimizer`` (the most derived one), or None for
+        an optimizer of no registered method's class (a torch optimizer)."""
+        self._ready()
+        best: tuple[int, MethodSpec] | None = None
+        for spec in self.methods.values():
+            cls = spec.factory
+            if isinstance(cls, type) and isinstance(optimizer, cls):
+                depth = len(cls.__mro__)
+                if best is None or depth > best[0]:
+                    best = (depth, spec)
+        return None if best is None else best[1]
 
-@dataclass(frozen=True)
-class StageSpec:
-    """A training stage after the optimizer's own. ``kind`` names what it trains:
-    ``"classifier"``, the head alone on class-balanced batches of the features that
-    enter it; ``epochs(options)`` its length; ``build(first_optimizer, classifier,
-    options, momentum=, weight_decay=, max_grad_norm=)`` an object with
-    ``step(features, targets, *, epoch, scaler) -> losses``, ``describe(epoch)``,
-    ``state_dict()`` and ``load_state_dict()``."""
-
-    kind: str
-    epochs: Callable[[Any], int]
-    build: Callable[..., Any]
+    def describe(self) -> str:
+        out = []
+        for name in self.names():
+            aliases = [a for a, n in self.aliases.items() if n == name]
+            out.append(f"{name} ({', '.join(aliases)})" if aliases else name)
+        return ", ".join(out)
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method is and needs; :meth:`build` makes it from generic inputs."""
-
-    name: str
-    factory: OptimizerFactory
-    description: str
-    options: type[Any] | None = None
-    settings: tuple[str, ...] = SAM_SETTINGS
-    fixed: dict[str, Any] = field(default_factory=dict)
-    needs_class_counts: bool = False
-    needs_classifier: bool = False
-    aliases: tuple[str, ...] = ()
-    later_stages: tuple[StageSpec, ...] = ()
-    #: forward / backward passes per step, for reports (None: depends on the batch)
-    passes: tuple[int, int] | None = None
-
-    def passes_per_step(self, sam_every: int = 1) -> tuple[float, float] | None:
-        """Mean (forward, backward) passes per step when every ``sam_every``-th step is
-        sharpness-aware and the others take one forward and one backward pass."""
-        if self.passes is None:
-            return None
-        k = sam_every
-        fwd, bwd = ((n + (k - 1)) / k for n in self.passes)
-        return (int(fwd) if fwd.is_integer() else fwd, int(bwd) if bwd.is_integer() else bwd)
-
-    #: whether the optimizer has ``step_accumulated`` (gradient accumulation)
-    accumulates: bool = True
-
-    def default_options(self) -> Any:
-        return self.options() if self.options is not None else None
-
-    def build(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: str | type[Optimizer] = "sgd",
-        *,
-        options: Any = None,
-        class_counts: Any = None,
-        classifier: nn.Module | None = None,
-        settings: dict[str, Any] | None = None,
-        **base_kwargs: Any,
-    ) -> Optimizer:
-        """The optimizer, from its options (a :attr:`options` instance, default: the
-        defaults), the shared ``settings`` it takes (others are ignored: ``rho`` means
-        nothing to the plain optimizer), and the base optimizer's keyword arguments."""
-        kwargs: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k in self.settings}
-        if self.options is not None:
-            opts: Any = options if options is not None else self.options()
-            if not isinstance(opts, self.options):
-                raise InvalidHyperparameterError(
-                    f"options of {self.name!r} must be {self.options.__name__}, got {opts!r}"
-                )
-            opts.validate()
-            kwargs.update(opts.optimizer_kwargs())
-        if self.needs_class_counts:
-            if class_counts is None:
-                raise InvalidHyperparameterError(f"{self.name} needs class_counts")
-            kwargs["class_counts"] = class_counts
-        if self.needs_classifier:
-            kwargs["classifier"] = classifier
-        kwargs.update(self.fixed)
-        return self.factory(params, resolve_base_optimizer(base_optimizer), **kwargs, **base_kwargs)
-
-
-_METHODS: dict[str, MethodSpec] = {}
-_ALIASES: dict[str, str] = {}
+#: the methods of this process: the built-ins below, then the entry points'
+METHODS = MethodRegistry("focalsam.methods")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
     """Add ``spec`` under its name and aliases; a name may be registered once."""
-    names = [normalize_name(spec.name), *(normalize_name(a) for a in spec.aliases)]
-    for key in names:
-        if key in _METHODS or key in _ALIASES:
-            raise ValueError(f"optimizer name {key!r} is already registered")
-    _METHODS[names[0]] = spec
-    for alias in names[1:]:
-        _ALIASES[alias] = names[0]
-    return spec
+    return METHODS.register(spec)
+
+
+def unregister_method(name: str) -> MethodSpec:
+    """Remove a registered method (name or alias) and its aliases; returns its spec."""
+    return METHODS.unregister(name)
 
 
 def register_optimizer(
@@ -252,48 +150,32 @@ def register_optimizer(
 
 def list_optimizers() -> list[str]:
     """The registered optimizer names (aliases not included)."""
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def optimizer_aliases() -> dict[str, str]:
     """alias -> registered name."""
-    return dict(_ALIASES)
+    return METHODS.alias_map()
 
 
 def canonical_name(name: str) -> str:
     """The registered name of ``name`` or one of its aliases."""
-    key = normalize_name(name)
-    key = _ALIASES.get(key, key)
-    if key not in _METHODS:
-        raise InvalidHyperparameterError(f"unknown optimizer {name!r}; valid: {describe_names()}")
-    return key
+    return METHODS.canonical(name)
 
 
 def describe_names() -> str:
     """The registered names, each with its aliases: ``plain (sgd, base, none)``."""
-    out = []
-    for name in list_optimizers():
-        aliases = [a for a, n in _ALIASES.items() if n == name]
-        out.append(f"{name} ({', '.join(aliases)})" if aliases else name)
-    return ", ".join(out)
+    return METHODS.describe()
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec of a registered optimizer (name or alias)."""
-    return _METHODS[canonical_name(name)]
+    return METHODS.get(name)
 
 
-def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:
-    """``"sgd"``, ``"adamw"``, ... or an optimizer class -> the class."""
-    if isinstance(base, str):
-        cls = BASE_OPTIMIZERS.get(normalize_name(base))
-        if cls is None:
-            raise InvalidHyperparameterError(
-                f"unknown base optimizer {base!r}; valid: {', '.join(sorted(BASE_OPTIMIZERS))} "
-                "(or pass a torch.optim.Optimizer class)"
-            )
-        return cls
-    return base
+def method_of(optimizer: Optimizer) -> MethodSpec | None:
+    """The registered method whose class built ``optimizer``; None for a torch optimizer."""
+    return METHODS.of(optimizer)
 
 
 def create_optimizer(
@@ -302,8 +184,10 @@ def create_optimizer(
     base_optimizer: str | type[Optimizer] = "sgd",
     **kwargs: Any,
 ) -> Optimizer:
-    """Build a registered optimizer by name, wrapping ``base_optimizer``; keyword
-    arguments go to its class as they are.
+    """Build a registered optimizer by name, wrapping ``base_optimizer``: the keyword
+    arguments that are fields of its options (``gamma``, ``lam`` for Focal-SAM) are
+    validated as those options, as :meth:`MethodSpec.build` does; the others go to its
+    class (and the base optimizer) as they are.
 
     >>> import torch
     >>> model = torch.nn.Linear(4, 3)
@@ -313,7 +197,17 @@ def create_optimizer(
     'FocalSAM'
     """
     spec = get_method(name)
-    return spec.factory(params, resolve_base_optimizer(base_optimizer), **kwargs, **spec.fixed)
+    options = spec.options_from(kwargs)
+    class_counts = kwargs.pop("class_counts", None)
+    classifier = kwargs.pop("classifier", None)
+    return spec.build(
+        params,
+        base_optimizer,
+        options=options,
+        class_counts=class_counts,
+        classifier=classifier,
+        **kwargs,
+    )
 
 
 def _ccsam_stage2_epochs(options: CCSAMOptions) -> int:
@@ -363,6 +257,36 @@ class CCSAMClassifierStage:
         self.optimizer.load_state_dict(state)
 
 
+def _sam_weights(_options: Any, counts: Tensor) -> ClassWeights:
+    return ClassWeights(torch.ones(len(counts), dtype=torch.float64), "SAM: all weights 1")
+
+
+def _asam_weights(_options: Any, counts: Tensor) -> ClassWeights:
+    return ClassWeights(
+        torch.ones(len(counts), dtype=torch.float64),
+        "SAM: all weights 1 (ASAM's adaptive scaling is not applied)",
+    )
+
+
+def _focal_sam_weights(options: FocalSAMOptions, counts: Tensor) -> ClassWeights:
+    return ClassWeights(
+        focal_weights(counts, options.gamma, options.lam, dtype=torch.float64),
+        f"Focal-SAM weights lam (1 - pi_y)^gamma, gamma {options.gamma}, lam {options.lam}",
+    )
+
+
+def _imbsam_weights(options: ImbSAMOptions, counts: Tensor) -> ClassWeights:
+    return ClassWeights(
+        imbsam_weights(counts, options.eta, options.kappa, dtype=torch.float64)[1],
+        f"ImbSAM weights kappa 1[n_y < eta], eta {options.eta}, kappa {options.kappa}",
+    )
+
+
+def _plain_label(base: str) -> str:
+    """The plain method is shown as its base optimizer: ``SGD``, ``adamw (plain)``."""
+    return base.upper() if base.lower() == "sgd" else f"{base} (plain)"
+
+
 register_method(
     MethodSpec(
         "plain",
@@ -371,9 +295,19 @@ register_method(
         settings=("max_grad_norm", "model", "strict_checks"),
         aliases=("sgd", "base", "none"),
         passes=(1, 1),
+        display_name=_plain_label,
     )
 )
-register_method(MethodSpec("sam", SAM, "SAM (Foret et al. 2021)", passes=(2, 2)))
+register_method(
+    MethodSpec(
+        "sam",
+        SAM,
+        "SAM (Foret et al. 2021)",
+        passes=(2, 2),
+        display_name="SAM",
+        sharp_weights=_sam_weights,
+    )
+)
 register_method(
     MethodSpec(
         "asam",
@@ -381,6 +315,8 @@ register_method(
         "ASAM: SAM with the scale-invariant ascent",
         fixed={"adaptive": True},
         passes=(2, 2),
+        display_name="ASAM",
+        sharp_weights=_asam_weights,
     )
 )
 register_method(
@@ -392,6 +328,8 @@ register_method(
         needs_class_counts=True,
         aliases=("imb_sam",),
         passes=(2, 3),
+        display_name="ImbSAM",
+        sharp_weights=_imbsam_weights,
     )
 )
 register_method(
@@ -403,6 +341,8 @@ register_method(
         needs_class_counts=True,
         aliases=("focalsam",),
         passes=(2, 3),
+        display_name="Focal-SAM",
+        sharp_weights=_focal_sam_weights,
     )
 )
 register_method(
@@ -416,23 +356,35 @@ register_method(
         needs_classifier=True,
         aliases=("cc_sam",),
         accumulates=False,
+        sync_free=False,
+        capturable=False,
+        not_capturable_because="its passes depend on the batch's classes: a data-dependent "
+        "number of passes",
         later_stages=(StageSpec("classifier", _ccsam_stage2_epochs, CCSAMClassifierStage),),
+        display_name="CC-SAM",
     )
 )
 
 __all__ = [
     "BASE_OPTIMIZERS",
     "CCSAMOptions",
+    "ClassWeights",
     "FocalSAMOptions",
     "ImbSAMOptions",
+    "METHODS",
+    "MethodRegistry",
     "MethodSpec",
+    "SAM_SETTINGS",
     "StageSpec",
     "canonical_name",
     "create_optimizer",
+    "describe_names",
     "get_method",
     "list_optimizers",
+    "method_of",
     "optimizer_aliases",
     "register_method",
     "register_optimizer",
     "resolve_base_optimizer",
+    "unregister_method",
 ]

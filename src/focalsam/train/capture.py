@@ -31,17 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.train.errors import ConfigError
+from focalsam.errors import CaptureError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Group options the step reads from device tensors (not baked into the graph).
 DEVICE_OPTIONS = ("lr", "rho")
 _SKIP_KEYS = frozenset({"params", "initial_lr", "initial_rho", *DEVICE_OPTIONS})
-
-
-class CaptureError(ConfigError):
-    """The step cannot be captured in (or replayed from) a CUDA graph."""
 
 
 def check_capturable(
@@ -93,26 +89,31 @@ def _is_distributed() -> bool:
 
 
 def _check_optimizer(optimizer: Optimizer) -> None:
+    """A torch optimizer is checked as it is; a registered method by its spec's
+    capabilities (capturable, sync-free), then its options and its base optimizer."""
+    from focalsam.optim.registry import method_of
+
     name = type(optimizer).__name__
-    if not _is_sam_family(optimizer):
-        if hasattr(optimizer, "first_step") or hasattr(optimizer, "base_optimizer"):
-            raise CaptureError(
-                f"{name} takes a data-dependent number of passes (one per class present "
-                "for CC-SAM): it cannot be captured; run it eagerly"
-            )
+    spec = method_of(optimizer)
+    if spec is None:
         _check_base(optimizer)
         return
-    if not hasattr(optimizer, "strict_checks"):
+    if not spec.capturable:
         raise CaptureError(
-            f"{name} has no sync-free mode (strict_checks): this focalsam's engine "
-            "syncs with the host in every step and cannot be captured"
+            f"{name} ({spec.name}) cannot be captured in a CUDA graph: "
+            f"{spec.not_capturable_because or 'it syncs with the host'}; run it eagerly"
         )
-    if optimizer.strict_checks is True:
+    if not spec.sync_free:
+        raise CaptureError(
+            f"{name} ({spec.name}) has no sync-free mode: its steps sync with the host "
+            "and cannot be captured"
+        )
+    if optimizer.strict_checks is True:  # type: ignore[attr-defined]
         raise CaptureError(
             f"{name} was built with strict_checks=True, whose checks sync with the host: "
             "build it with strict_checks=False (or None, sync-free on CUDA)"
         )
-    sam_every = getattr(optimizer, "sam_every", 1)
+    sam_every = optimizer.sam_every  # type: ignore[attr-defined]
     if sam_every != 1:
         raise CaptureError(
             f"{name} has sam_every={sam_every}: its steps alternate between two programs; "
@@ -121,10 +122,10 @@ def _check_optimizer(optimizer: Optimizer) -> None:
     _check_base(optimizer.base_optimizer)  # type: ignore[attr-defined]
 
 
-def _is_sam_family(optimizer: Optimizer) -> bool:
-    from focalsam.optim import WeightedSAM
+def _is_method(optimizer: Optimizer) -> bool:
+    from focalsam.optim.registry import method_of
 
-    return isinstance(optimizer, WeightedSAM)
+    return method_of(optimizer) is not None
 
 
 def _check_base(base: Optimizer) -> None:
@@ -261,7 +262,7 @@ class StepProgram:
         self.x = x_example.detach().clone()
         self.y = y_example.detach().clone()
         self.options = DeviceOptions(optimizer, x_example.device)
-        self.sam_family = _is_sam_family(optimizer)
+        self.sam_family = _is_method(optimizer)  # a method's step(closure, y), else torch's
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast is None or self.autocast == torch.float32:

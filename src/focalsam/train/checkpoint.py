@@ -4,7 +4,9 @@ Every problem with a checkpoint file is a :class:`CheckpointError` (an
 :class:`~focalsam.errors.InputError`) whose one line says which: the file is *truncated* (a
 zip archive cut short), *not a checkpoint* (text, a plain pickle, a foreign zip), *unreadable*
 (a directory, no permission), *corrupt* (damaged inside), *not a focalsam checkpoint* (a
-torch file without our keys), or *could not be written* (:class:`CheckpointWriteError`).
+torch file without our keys). A checkpoint that *could not be written* (a full disk) is a
+:class:`CheckpointWriteError`, a :class:`~focalsam.errors.RunError` (exit code 1): the run
+failed, not its input.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-from focalsam.errors import InputError
+from focalsam.errors import CheckpointError, CheckpointWriteError
 
 __all__ = [
     "CheckpointError",
@@ -32,14 +34,6 @@ __all__ = [
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EXPECTED = "expected a checkpoint written by torch.save (a zip archive)"
-
-
-class CheckpointError(InputError):
-    """A checkpoint is missing, unreadable, or not one of ours."""
-
-
-class CheckpointWriteError(CheckpointError, OSError):
-    """A checkpoint could not be written (disk full, no permission); the old file is kept."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:

@@ -5,9 +5,17 @@ Layering, one rule: schema defaults, then a preset (``--preset`` or the YAML's
 Keys are dotted (``optim.focal_sam.gamma``, ``loss.tau``); the short names in
 :data:`SHORT_KEYS` (``lr``, ``epochs``, ``optimizer``, ...) stand for theirs.
 
-Every section is validated by its owner (the optimizer options by the
-registry's spec, the loss by :class:`~focalsam.losses.registry.LossOptions`)
-and all of it before any directory or file is created.
+Every section is validated by its owner (the optimizer options by their own
+dataclass, the loss by :class:`~focalsam.losses.registry.LossOptions`, the rest by
+:func:`~focalsam.train.validation.validate_config`), each setting in one place, and all
+of it before any directory or file is created. Names (dataset, model, method, base
+optimizer) are normalised once, here, when the config is made.
+
+The schema is static, so mypy checks ``cfg.optim.focal_sam.gamma``: each built-in
+method's options are a typed field of :class:`OptimConfig`. A method registered later
+(a plugin, or a test's toy method) gets its section in the typed mapping
+``optim.methods`` (``optim.methods.<name>.<field>``), filled from the registry with
+its options dataclass when the config is made, so its keys are checked like the others.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from focalsam.errors import ConfigError, InputError
 from focalsam.losses.registry import LossOptions
+from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
-from focalsam.train.errors import ConfigError
+from focalsam.optim.method_options import CCSAMOptions, FocalSAMOptions, ImbSAMOptions
 from focalsam.train.presets import get_preset
 from focalsam.train.validation import validate_config
 
@@ -67,8 +77,27 @@ class ModelConfig:
     vpt_tokens: int = _f(10, "VPT prompt tokens")
 
 
+def _section(options: type[Any], help: str) -> Any:
+    return field(default_factory=options, metadata={"help": help, "method_section": True})
+
+
+def later_method_sections() -> dict[str, Any]:
+    """The default options of every registered method with options that has no typed
+    field of its own in :class:`OptimConfig` (registered after the schema was written)."""
+    static = {f.name for f in dataclasses.fields(OptimConfig) if f.metadata.get("method_section")}
+    out: dict[str, Any] = {}
+    for name in list_optimizers():
+        spec = get_method(name)
+        if spec.options is not None and name not in static:
+            out[name] = spec.options()
+    return out
+
+
 @dataclass
-class OptimBase:
+class OptimConfig:
+    """``optim.*``: the method, the base optimizer, the settings every method shares, and
+    one typed section per method with options."""
+
     name: str = _f("focal_sam", "the method: " + " | ".join(list_optimizers()))
     base: str = _f("sgd", "base optimizer: " + " | ".join(sorted(BASE_OPTIMIZERS)))
     lr: float = _f(0.1, "peak learning rate")
@@ -88,20 +117,25 @@ class OptimBase:
     sam_every: int = _f(
         1, "sharpness-aware step every k-th step, plain steps between (an approximation; 1 = exact)"
     )
+    focal_sam: FocalSAMOptions = _section(FocalSAMOptions, "Focal-SAM's options")
+    imbsam: ImbSAMOptions = _section(ImbSAMOptions, "ImbSAM's options")
+    ccsam: CCSAMOptions = _section(CCSAMOptions, "CC-SAM's options (and its stage 2)")
+    methods: dict[str, Any] = field(
+        default_factory=later_method_sections,
+        metadata={"help": "the options of methods registered later (plugins), by name"},
+    )
 
-
-def _method_sections() -> list[tuple[str, type, Any]]:
-    """One section per registered method with options: ``optim.<name>``."""
-    out = []
-    for name in list_optimizers():
-        spec = get_method(name)
-        if spec.options is not None:
-            out.append((name, spec.options, field(default_factory=spec.options)))
-    return out
-
-
-# optim.* is the shared settings plus one typed section per registered method's options
-OptimConfig: Any = dataclasses.make_dataclass("OptimConfig", _method_sections(), bases=(OptimBase,))
+    def section(self, method: str) -> Any:
+        """The options of the registered method ``method`` (None if it has none)."""
+        spec = get_method(method)
+        if spec.options is None:
+            return None
+        typed = {f.name for f in dataclasses.fields(self) if f.metadata.get("method_section")}
+        if spec.name in typed:
+            return getattr(self, spec.name)
+        if spec.name not in self.methods:
+            self.methods[spec.name] = spec.options()
+        return self.methods[spec.name]
 
 
 @dataclass
@@ -148,13 +182,13 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossOptions = field(default_factory=LossOptions)
-    optim: Any = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def method_options(self) -> Any:
         """The options section of the configured method (``None`` if it has none)."""
-        return getattr(self.optim, canonical_name(self.optim.name), None)
+        return self.optim.section(self.optim.name)
 
 
 #: short names that are not simply a leaf's own unique name (those work too: ``tau``)
@@ -172,13 +206,17 @@ _NAMED_SHORT_KEYS: dict[str, str] = {
 
 
 def leaf_fields(cls: type = TrainConfig, prefix: str = "") -> dict[str, dataclasses.Field[Any]]:
-    """Every dotted key of the schema -> its dataclass field."""
+    """Every dotted key of the schema -> its dataclass field (the sections of methods
+    registered later: ``optim.methods.<name>.<field>``)."""
     out: dict[str, dataclasses.Field[Any]] = {}
     instance = cls()
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):
             out.update(leaf_fields(type(value), f"{prefix}{f.name}."))
+        elif cls is OptimConfig and f.name == "methods":
+            for name, options in value.items():
+                out.update(leaf_fields(type(options), f"{prefix}methods.{name}."))
         else:
             out[prefix + f.name] = f
     return out
@@ -284,8 +322,22 @@ def make_config(
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain(exc)) from None
     assert isinstance(cfg, TrainConfig)
+    normalize_names(cfg)
     validate_config(cfg)
     return cfg
+
+
+def normalize_names(cfg: TrainConfig) -> None:
+    """The names users type, once: ``data.name``, ``model.name`` and ``optim.base`` to
+    their normal spelling (``"CIFAR-10"`` -> ``"cifar10"``), ``optim.name`` to the
+    method's registered name (``"sgd"`` -> ``"plain"``)."""
+    cfg.data.name = normalize_name(cfg.data.name)
+    cfg.model.name = normalize_name(cfg.model.name)
+    cfg.optim.base = normalize_name(cfg.optim.base)
+    try:
+        cfg.optim.name = canonical_name(cfg.optim.name)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _explain(exc: OmegaConfBaseException) -> str:

@@ -11,19 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from focalsam.errors import NonFiniteLossError, TrainingDiverged
 from focalsam.metrics import LongTailAccuracy
-from focalsam.optim import NonFiniteLossError
 
 #: ``step(x, y) -> (per-sample losses at theta, logits)``: forward, backward passes, update
 StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-class NonFiniteStep(RuntimeError):
-    """A step met a NaN/inf loss; carries the 0-based step index."""
-
-    def __init__(self, step: int, detail: str) -> None:
-        super().__init__(detail)
-        self.step = step
 
 
 def train_one_epoch(
@@ -44,7 +36,8 @@ def train_one_epoch(
 
     ``skipped()`` reports the steps the optimizer skipped on the device (a NaN/inf or a
     bad label, checked without a host sync): asked once, at the end, where the epoch
-    syncs anyway; any skip raises :class:`NonFiniteStep` naming the first.
+    syncs anyway. A NaN/inf raises :class:`~focalsam.errors.TrainingDiverged` with its
+    0-based ``step`` set: the optimizer's own error, or one naming the first skip.
     """
     totals: Tensor | None = None  # loss sum, correct, images: summed on the device, no sync
     done = start_step
@@ -53,7 +46,8 @@ def train_one_epoch(
         try:
             losses, logits = step_fn(x, y)  # forward, the method's backward passes, update
         except NonFiniteLossError as exc:
-            raise NonFiniteStep(step, str(exc)) from None
+            exc.step = step
+            raise
         batch = torch.stack(
             [
                 losses.detach().sum().double(),
@@ -74,10 +68,12 @@ def train_one_epoch(
     stats = all_sum(torch.cat([totals, totals.new_tensor([count])]))
     if float(stats[3]) > 0:  # every process stops, wherever the skip happened
         if report is None:
-            raise NonFiniteStep(done - 1, "another process skipped a step (non-finite values)")
-        raise NonFiniteStep(
-            start_step + report.first_index,
+            raise TrainingDiverged(
+                "another process skipped a step (non-finite values)", step=done - 1
+            )
+        raise TrainingDiverged(
             f"{report.reason} ({report.count} step(s) of this epoch skipped on the device)",
+            step=start_step + report.first_index,
         )
     images = float(stats[2])
     return {

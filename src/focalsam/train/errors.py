@@ -1,9 +1,7 @@
-"""Errors of the training layer's inputs."""
+"""Errors of the training layer's inputs (defined in :mod:`focalsam.errors`)."""
 
 from __future__ import annotations
 
-from focalsam.errors import InputError
+from focalsam.errors import ConfigError
 
-
-class ConfigError(InputError):
-    """A configuration key or value is not valid."""
+__all__ = ["ConfigError"]

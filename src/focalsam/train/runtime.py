@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from focalsam.errors import InputError
+from focalsam.errors import InputError, RunDirError
 
 CSV_COLUMNS = (
     "epoch",
@@ -34,10 +34,6 @@ CSV_COLUMNS = (
     "test_medium",
     "test_few",
 )
-
-
-class RunDirError(InputError):
-    """The run directory cannot be used: taken by another run, or not writable."""
 
 
 def _dist_env() -> tuple[int, int, int]:

@@ -7,20 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from focalsam.errors import TrainingDiverged, TrainingInterrupted
 from focalsam.train.checkpoint import load_checkpoint, save_checkpoint
 from focalsam.train.config import TrainConfig, to_dict
-from focalsam.train.epoch import NonFiniteStep, evaluate, train_one_epoch
+from focalsam.train.epoch import evaluate, train_one_epoch
 from focalsam.train.report import build_report, epoch_line
 from focalsam.train.runtime import Runtime
 from focalsam.train.setup import RunParts, build_run, restore, to_payload
-
-
-class TrainingDiverged(RuntimeError):
-    """A NaN/inf loss or weights; the last good checkpoint was kept."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM (or :meth:`Trainer.request_stop`): a checkpoint was saved."""
 
 
 class Trainer:
@@ -100,11 +93,9 @@ class Trainer:
                             all_sum=self.rt.all_sum,
                             skipped=stage.skipped_steps,
                         )
-                except NonFiniteStep as exc:
-                    raise TrainingDiverged(
-                        f"non-finite loss at epoch {self.epoch + 1}, step {exc.step + 1}: {exc}. "
-                        f"{p.kept_checkpoint()}"
-                    ) from None
+                except TrainingDiverged as exc:  # the one error, told where it happened
+                    exc.epoch, exc.kept = self.epoch + 1, p.kept_checkpoint()
+                    raise
                 if self.rt.stop_reason is not None and self.step_in_epoch < len(loader):
                     self._save(f"epoch {self.epoch + 1}")
                     self._interrupted(f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
@@ -134,8 +125,8 @@ class Trainer:
         bad = self.parts.non_finite_weights()
         if bad:
             raise TrainingDiverged(
-                f"weights became NaN/inf by {when} ({', '.join(bad[:3])}); not saved. "
-                f"{self.parts.kept_checkpoint()}"
+                f"weights became NaN/inf by {when} ({', '.join(bad[:3])}); not saved",
+                kept=self.parts.kept_checkpoint(),
             )
         if self.rt.is_main:
             save_checkpoint(to_payload(self), self.run_dir / name)

@@ -15,14 +15,15 @@ from focalsam.errors import InputError
 from focalsam.metrics import SHOT_PRESETS
 from focalsam.models import MODELS
 from focalsam.models.tuning import TUNING_METHODS
-from focalsam.names import normalize_name
-from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
+from focalsam.optim import BASE_OPTIMIZERS, get_method, list_optimizers
 from focalsam.train.errors import ConfigError
 from focalsam.train.presets import list_presets
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt", "inat2018")
 NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet_lt": 224, "inat2018": 224}
 MODEL_INPUT_SIZE = {"clip_vit_b16": 224}
+#: the smallest input resolution (the digits' own 8 px)
+MIN_IMAGE_SIZE = 8
 
 
 def data_recipe(cfg: Any) -> tuple[str, int]:
@@ -35,8 +36,8 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
     dataset does not offer: digits only ``standard`` at 8 px (CLIP needs 3 channels), CIFAR
     ``standard`` (32 px only) or ``clip`` (any size).
     """
-    name = normalize_name(cfg.data.name)
-    model = normalize_name(cfg.model.name)
+    name = cfg.data.name
+    model = cfg.model.name
     transform = cfg.data.transform
     if transform == "auto":
         if model.startswith("clip_"):
@@ -54,8 +55,8 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
     size = cfg.data.image_size
     if size is None:
         size = MODEL_INPUT_SIZE.get(model, NATIVE_SIZE[name])
-    if size < 1:
-        raise ConfigError(f"data.image_size must be >= 1, got {size}")
+    if size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"data.image_size must be >= {MIN_IMAGE_SIZE}, got {size}")
     native = NATIVE_SIZE[name]
     if name == "digits" and (transform != "standard" or size != native):
         raise ConfigError(
@@ -81,12 +82,13 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
 def check_cuda_graph(cfg: Any) -> None:
     """What a captured step cannot hold, refused before any run starts."""
     o, r = cfg.optim, cfg.run
+    spec = get_method(o.name)
     bad = [
         (r.precision == "fp16", "precision=fp16 (its GradScaler syncs with the host)"),
         (o.strict_checks is True, "optim.strict_checks=true (eager checks sync)"),
         (o.sam_every != 1, "optim.sam_every > 1"),
         (cfg.train.accum_steps != 1, "train.accum_steps > 1"),
-        (canonical_name(o.name) == "ccsam", "ccsam (its passes depend on the batch's classes)"),
+        (not spec.capturable, f"{spec.name} ({spec.not_capturable_because})"),
         (r.compile, "run.compile (choose one of compile and cuda_graph)"),
         (r.device == "cpu", "device=cpu"),
     ]
@@ -97,7 +99,7 @@ def check_cuda_graph(cfg: Any) -> None:
 
 def check_model(cfg: Any) -> None:
     m = cfg.model
-    clip = normalize_name(m.name).startswith("clip")
+    clip = m.name.startswith("clip")
     if m.tuning not in TUNING_METHODS:
         raise ConfigError(
             f"model.tuning must be one of {', '.join(TUNING_METHODS)}; got {m.tuning!r}"
@@ -111,13 +113,13 @@ def check_model(cfg: Any) -> None:
             if getattr(m, key) is not None:
                 raise ConfigError(f"model.{key} is for CLIP models; model.name is {m.name!r}")
         return
-    if normalize_name(cfg.data.name) == "digits":
+    if cfg.data.name == "digits":
         raise ConfigError(f"{m.name} takes 3-channel images; digits has 1 (use cifar10/100, ...)")
-    if normalize_name(m.name) == "clip_vit_b16" and cfg.data.image_size not in (None, 224):
+    if m.name == "clip_vit_b16" and cfg.data.image_size not in (None, 224):
         raise ConfigError(
             f"clip_vit_b16 takes 224-px images; got data.image_size={cfg.data.image_size}"
         )
-    if normalize_name(m.name) == "clip_vit_b16" and not (m.clip_weights or m.clip_pretrained):
+    if m.name == "clip_vit_b16" and not (m.clip_weights or m.clip_pretrained):
         raise ConfigError(
             "clip_vit_b16 needs its weights: clip_weights=PATH to OpenAI's ViT-B-16.pt "
             "(README: foundation models), clip_pretrained=openai when online, or "
@@ -144,26 +146,34 @@ def _choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
 
 
 def validate_config(cfg: Any) -> None:
-    """Every range, name and capability check; raises :class:`ConfigError`."""
+    """Every range, name and capability check of a config made by ``make_config`` (names
+    already normalised); raises :class:`ConfigError`. Each setting is checked once: the
+    method options by their own dataclass, the loss by its options, the rest here."""
     from focalsam.optim import OptimizerInputError
 
     d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.run
     if cfg.preset is not None:
         _choice("preset", cfg.preset, list_presets())
-    _choice("data.name", normalize_name(d.name), DATASETS)
+    _choice("data.name", d.name, DATASETS)
     _choice("data.profile", d.profile, ("exp", "step"))
     _number("data.imbalance_ratio", d.imbalance_ratio, low=1)
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     if d.shot_preset is not None:
         _choice("data.shot_preset", d.shot_preset, sorted(SHOT_PRESETS))
-    _choice("model.name", normalize_name(m.name), MODELS)
+    _choice("model.name", m.name, MODELS)
     try:
         cfg.loss.validate()
         spec = get_method(o.name)
         options = cfg.method_options()
+        later = [n for n in o.methods if n not in list_optimizers() or n in _typed_sections(o)]
+        if later:
+            raise ConfigError(
+                f"optim.methods.{later[0]} is not the section of a method registered later; "
+                f"those are: {', '.join(sorted(o.methods)) or 'none'}"
+            )
         for name in list_optimizers():  # every method's section, warnings for the chosen one
-            section = getattr(o, name, None)
+            section = o.section(name)
             if section is None:
                 continue
             with warnings.catch_warnings(record=True) as caught:
@@ -173,7 +183,7 @@ def validate_config(cfg: Any) -> None:
                 warnings.warn(str(w.message), UserWarning, stacklevel=3)
     except (InputError, OptimizerInputError) as exc:
         raise ConfigError(str(exc)) from None
-    _choice("optim.base", normalize_name(o.base), sorted(BASE_OPTIMIZERS))
+    _choice("optim.base", o.base, sorted(BASE_OPTIMIZERS))
     _number("optim.lr", o.lr, above=0)
     _number("optim.momentum", o.momentum, low=0)
     if o.momentum >= 1:
@@ -183,7 +193,7 @@ def validate_config(cfg: Any) -> None:
     if o.max_grad_norm is not None:
         _number("optim.max_grad_norm", o.max_grad_norm, above=0)
     _choice("optim.bn_update", o.bn_update, ("both", "clean"))
-    if o.nesterov and (normalize_name(o.base) != "sgd" or o.momentum == 0):
+    if o.nesterov and (o.base != "sgd" or o.momentum == 0):
         raise ConfigError("optim.nesterov needs optim.base=sgd and optim.momentum > 0")
     for key in ("epochs", "batch_size", "eval_every"):
         if getattr(t, key) < 1:
@@ -206,14 +216,12 @@ def validate_config(cfg: Any) -> None:
         r.compile_mode,
         ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     )
-    if d.image_size is not None and d.image_size < 8:
-        raise ConfigError(f"data.image_size must be >= 8, got {d.image_size}")
     _choice("data.transform", d.transform, ("auto", "standard", "clip", "imagenet_r50", "inat_r50"))
     check_model(cfg)
     data_recipe(cfg)  # the image size and transform the dataset offers
     if o.sam_every < 1:
         raise ConfigError(f"optim.sam_every must be >= 1, got {o.sam_every}")
-    if o.sam_every != 1 and "sam_every" not in spec.settings:
+    if o.sam_every != 1 and not spec.every_k:
         raise ConfigError(f"optim.sam_every is not supported by {spec.name}: leave it at 1")
     if t.accum_steps > 1 and not spec.accumulates:
         raise ConfigError(
@@ -230,14 +238,20 @@ def validate_config(cfg: Any) -> None:
     _check_device(r.device)
     # capabilities
     stages = [s for s in spec.later_stages if s.epochs(options) > 0]
-    if stages and normalize_name(d.name) in ("imagenet_lt", "inat2018"):
+    if stages and d.name in ("imagenet_lt", "inat2018"):
         raise ConfigError(
             f"{spec.name}'s {stages[0].kind} stage needs class-balanced batches, which "
-            f"{d.name} does not offer yet: set optim.{spec.name}.stage2_epochs=0"
+            f"{d.name} does not offer yet: set optim.{spec.name}.{stages[0].epochs_setting}=0"
         )
-    channels = {"digits": 1}.get(normalize_name(d.name), 3)
-    if normalize_name(m.name) == "resnet50" and channels != 3:
+    channels = {"digits": 1}.get(d.name, 3)
+    if m.name == "resnet50" and channels != 3:
         raise ConfigError(f"model resnet50 takes 3-channel images; {d.name} has {channels}")
+
+
+def _typed_sections(optim: Any) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(optim) if f.metadata.get("method_section")}
 
 
 def _check_device(device: str) -> None:

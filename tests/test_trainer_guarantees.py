@@ -1,5 +1,8 @@
-"""One test per defect the trainer once had (issue 8's numbered list); each fails on
-the old trainer."""
+"""What the trainer guarantees about a run: CC-SAM keeps its own radius under a rho
+schedule, config.yaml is the run's record (never rewritten, an edited one refused),
+settings layer in one order, --print-config and eval write nothing, a taken run
+directory is refused, NaN weights are never checkpointed, ranges are checked, and a
+failed save leaves no metrics row behind."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def epochs_in(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_1_ccsam_keeps_its_own_radius_and_the_rho_schedule_scales_it(tmp_path):
+def test_ccsam_keeps_its_own_radius_and_the_rho_schedule_scales_it(tmp_path):
     seen: dict[int, set[float]] = {}
 
     def record(trainer, epoch, step):
@@ -51,7 +54,7 @@ def test_1_ccsam_keeps_its_own_radius_and_the_rho_schedule_scales_it(tmp_path):
     assert seen == {0: {0.01}, 1: {0.005}}
 
 
-def test_2_resume_with_a_change_never_rewrites_config_yaml(tmp_path, capsys):
+def test_resume_with_a_change_never_rewrites_config_yaml(tmp_path, capsys):
     run = tmp_path / "run"
     assert (
         main(
@@ -81,7 +84,7 @@ def test_2_resume_with_a_change_never_rewrites_config_yaml(tmp_path, capsys):
     assert load_checkpoint(run / "last.pt")["config"]["train"]["epochs"] == 2
 
 
-def test_3_layering_flags_alone_start_from_the_schema_and_a_yaml_preset_applies(tmp_path):
+def test_layering_flags_alone_start_from_the_schema_and_a_yaml_preset_applies(tmp_path):
     cfg = make_config(None, None, ["dataset=cifar10", "model=resnet32"])
     assert cfg.run.device == "auto" and cfg.preset is None
     yaml_file = tmp_path / "c.yaml"
@@ -95,7 +98,7 @@ def test_3_layering_flags_alone_start_from_the_schema_and_a_yaml_preset_applies(
     )
 
 
-def test_4_print_config_prints_and_runs_nothing(tmp_path, monkeypatch, capsys):
+def test_print_config_prints_and_runs_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--print-config"]) == 0
     out = capsys.readouterr().out
@@ -105,7 +108,7 @@ def test_4_print_config_prints_and_runs_nothing(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_5_an_edited_config_yaml_is_refused_on_resume(tmp_path, capsys):
+def test_an_edited_config_yaml_is_refused_on_resume(tmp_path, capsys):
     run = tmp_path / "run"
     silent(cfg_of(run, epochs=1)).fit()
     path = run / "config.yaml"
@@ -116,7 +119,7 @@ def test_5_an_edited_config_yaml_is_refused_on_resume(tmp_path, capsys):
     assert epochs_in(run) == [1]
 
 
-def test_6_eval_reads_the_run_and_writes_nothing(tmp_path, capsys):
+def test_eval_reads_the_run_and_writes_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     report = silent(cfg_of(run, epochs=1)).fit()
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
@@ -127,7 +130,7 @@ def test_6_eval_reads_the_run_and_writes_nothing(tmp_path, capsys):
     assert after == before
 
 
-def test_7_an_existing_run_dir_is_refused_without_resume(tmp_path):
+def test_an_existing_run_dir_is_refused_without_resume(tmp_path):
     run = tmp_path / "run"
     silent(cfg_of(run)).fit()
     with pytest.raises(InputError, match="already exists.*--resume"):
@@ -135,7 +138,7 @@ def test_7_an_existing_run_dir_is_refused_without_resume(tmp_path):
     assert epochs_in(run) == [1, 2]
 
 
-def test_8_nan_weights_are_never_checkpointed(tmp_path):
+def test_nan_weights_are_never_checkpointed(tmp_path):
     def poison(trainer, epoch, step):
         if epoch == 1:
             with torch.no_grad():
@@ -162,12 +165,12 @@ def test_8_nan_weights_are_never_checkpointed(tmp_path):
         ("lam=-0.1", "lam must be a finite number >= 0"),
     ],
 )
-def test_9_schedules_and_ranges(override, message):
+def test_schedules_and_ranges(override, message):
     with pytest.raises(ConfigError, match=message):
         make_config("demo", overrides=[override])
 
 
-def test_9_lam_above_one_warns_but_stays_possible():
+def test_lam_above_one_warns_but_stays_possible():
     with pytest.warns(UserWarning, match="lam=1.1 > 1.*negative"):
         cfg = make_config("demo", overrides=["lam=1.1"])
     assert cfg.optim.focal_sam.lam == 1.1
@@ -176,9 +179,7 @@ def test_9_lam_above_one_warns_but_stays_possible():
         make_config("demo", overrides=["lam=1.1", "optimizer=sam"])  # not the chosen method
 
 
-def test_12_a_failed_save_leaves_no_metrics_row_and_resume_does_not_duplicate(
-    tmp_path, monkeypatch
-):
+def test_a_failed_save_leaves_no_metrics_row_and_resume_does_not_duplicate(tmp_path, monkeypatch):
     import focalsam.train.trainer as trainer_module
 
     run = tmp_path / "run"
