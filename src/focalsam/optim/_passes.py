@@ -35,6 +35,7 @@ from focalsam.optim._step import (
     check_losses,
     check_targets,
     checked_values,
+    copy_all,
     distributed,
     ensure_finite,
     zero_grads,
@@ -94,6 +95,8 @@ class SharpPasses(WrappedOptimizer):
         if sync or not distributed():
             return contextlib.nullcontext()
         no_sync = getattr(self.model, "no_sync", None)
+        if no_sync is None and hasattr(self.model, "set_requires_gradient_sync"):
+            return contextlib.nullcontext()  # FSDP2: every backward reduce-scatters
         if no_sync is None:
             if not self._warned_no_model:
                 self._warned_no_model = True
@@ -288,7 +291,7 @@ class SharpPasses(WrappedOptimizer):
             with_grad = params
             grads = [p.grad for p in params]
         eps = self._eps(with_grad)
-        torch._foreach_copy_(eps, grads)  # type: ignore[arg-type]
+        copy_all(eps, grads)  # type: ignore[arg-type]
         # Group the parameters by param group (rho, adaptive may differ per group).
         groups = self._groups_of(with_grad)
         for group, idx in groups:
@@ -322,7 +325,7 @@ class SharpPasses(WrappedOptimizer):
     def _perturb(self) -> None:
         params = self._pending_params
         backup = self._backup(params)
-        torch._foreach_copy_(backup, params)
+        copy_all(backup, params)
         torch._foreach_add_(params, [self._eps[p] for p in params])
         self._perturbed_now = True
         if self.bn_update == "clean":
@@ -333,7 +336,7 @@ class SharpPasses(WrappedOptimizer):
         if not self._perturbed_now:
             return
         params = self._pending_params
-        torch._foreach_copy_(params, [self._backup[p] for p in params])
+        copy_all(params, [self._backup[p] for p in params])
         self._perturbed_now = False
         self._unfreeze_bn()
 

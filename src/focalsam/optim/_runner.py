@@ -19,6 +19,7 @@ from focalsam.optim._step import (
     active_scaler,
     check_targets,
     default_backward,
+    is_sharded,
     losses_of,
 )
 from focalsam.optim.errors import AccumulationError, InvalidHyperparameterError, StepOrderError
@@ -108,6 +109,8 @@ class StepRunner(SharpPasses):
             return True
         if self.strict_checks is not None:
             return self.strict_checks
+        if is_sharded(params):
+            return True  # FSDP2: a sync-free step cannot roll back DTensor shards
         if params[0].device.type != "cuda":
             return True
         return host_state_reason(self.base_optimizer, params[0].device) is not None

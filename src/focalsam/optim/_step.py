@@ -183,6 +183,25 @@ def base_step(
     optimizer.step()
 
 
+def is_sharded(tensors: Sequence[Tensor]) -> bool:
+    """Whether ``tensors`` are DTensors (parameters sharded by FSDP2's ``fully_shard``)."""
+    if not tensors or not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensors[0], DTensor)
+
+
+def copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """``dst[i] <- src[i]``: one foreach copy, or one ``copy_`` per tensor for DTensors
+    (FSDP2), which have no foreach copy; a shard copies into a shard, nothing is gathered."""
+    if is_sharded(dst):
+        for d, s in zip(dst, src):
+            d.copy_(s)
+        return
+    torch._foreach_copy_(dst, src)  # type: ignore[arg-type]
+
+
 def distributed() -> bool:
     """Whether this process is one of several replicas (torch.distributed, world > 1)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -196,6 +215,8 @@ class GradAllReduce:
         self._flat: Tensor | None = None
 
     def __call__(self, params: list[Tensor]) -> None:
+        if is_sharded(params):
+            return  # FSDP2 reduce-scatters (averages) every backward: g_b is already global
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
