@@ -1,7 +1,7 @@
 """Focal-SAM inside the Hugging Face ``Trainer``, on a long-tailed copy of digits.
 
-Needs the ``hf`` extra: ``pip install 'focalsam[hf]'``. Runs offline in about a minute
-on a CPU (a small ViT built from a config, nothing downloaded):
+Needs the ``hf`` extra: ``pip install 'focalsam[hf]'``. Runs offline on a CPU in about two
+minutes of CPU time (a small ViT built from a config, nothing downloaded):
 
     python examples/hf_trainer.py
 
