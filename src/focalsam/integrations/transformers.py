@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from transformers import PreTrainedModel, Trainer
+
+try:
+    from transformers import PreTrainedModel, Trainer
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "focalsam.integrations.transformers needs the hf extra: pip install 'focalsam[hf]'"
+    ) from exc
 
 from focalsam.optim import WeightedSAM, get_method
 from focalsam.optim import create_optimizer as create_focalsam_optimizer
