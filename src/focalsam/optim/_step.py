@@ -19,6 +19,10 @@ from torch.optim import Optimizer
 
 from focalsam.optim.errors import LabelError, LossShapeError, NonFiniteLossError
 
+_DTENSOR: type | None = None
+if dist.is_available():
+    from torch.distributed.tensor import DTensor as _DTENSOR
+
 BackwardFn = Callable[..., Any]
 #: Added to every norm that is divided by (a zero gradient gives no perturbation).
 TINY = 1e-12
@@ -185,11 +189,7 @@ def base_step(
 
 def is_sharded(tensors: Sequence[Tensor]) -> bool:
     """Whether ``tensors`` are DTensors (parameters sharded by FSDP2's ``fully_shard``)."""
-    if not tensors or not dist.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensors[0], DTensor)
+    return _DTENSOR is not None and bool(tensors) and isinstance(tensors[0], _DTENSOR)
 
 
 def copy_all(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
