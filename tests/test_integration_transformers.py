@@ -120,7 +120,9 @@ def own_loop(
     trained.train()
     for x, y in batches:
         opt.step(
-            lambda x=x, y=y: F.cross_entropy(trained(pixel_values=x).logits, y, reduction="none"),
+            lambda x=x, y=y: F.cross_entropy(
+                trained(pixel_values=x).logits.float(), y, reduction="none"
+            ),
             y,
         )
         sched.step()
@@ -229,3 +231,19 @@ def test_ddp_trainer_equals_our_own_ddp(tmp_path):
             torch.testing.assert_close(r["hf"][k], v, atol=1e-6, rtol=0, msg=k)
     for k, v in results[0]["hf"].items():
         assert torch.equal(v, results[1]["hf"][k]), k
+
+
+def test_bf16_trainer_equals_our_own_bf16_loop(tmp_path):
+    """The Trainer's bf16 autocast (CPU here) wraps both forward passes of a step."""
+    model, trainer = fit_trainer(tmp_path / "hf", bf16=True, max_steps=2)
+    decay = set(trainer.get_decay_parameter_names(model))
+    mine = tiny_vit(0)
+    forward = mine.forward
+    mine.forward = lambda *a, **k: _autocast_bf16(forward, *a, **k)
+    own_loop(mine, list(batches_of(long_tailed_images(), 8))[:2], decay, steps=2)
+    assert_same_weights(model, mine)
+
+
+def _autocast_bf16(forward, *args, **kwargs):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return forward(*args, **kwargs)
