@@ -27,6 +27,8 @@ CASES = {
     ),
     # under FSDP2 eps is global whatever the flag says (every backward reduce-scatters)
     "focal_sam_no_flag": (FocalSAM, dict(class_counts=COUNTS, gamma=2.0, lam=0.6, rho=0.2)),
+    # two micro-batches per rank through step_accumulated: one ascent over all of them
+    "focal_sam_accumulated": (FocalSAM, dict(class_counts=COUNTS, rho=0.2, ascent_all_reduce=True)),
     "asam_clipped": (
         FocalSAM,
         dict(
@@ -84,11 +86,19 @@ def sharded_model(world: int) -> nn.Module:
     return model
 
 
-def train(model: nn.Module, cls, options, rank: int = 0, world: int = 1):
+def train(model: nn.Module, cls, options, rank: int = 0, world: int = 1, micro: int = 1):
+    """``STEPS`` steps on batches of 12, each rank taking its part in ``micro`` pieces."""
     opt = cls(model.parameters(), torch.optim.SGD, model=model, **options, **BASE)
     for x, y in tiny_batches(STEPS, batch=12):
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-        opt.step(lambda xs=xs, ys=ys: F.cross_entropy(model(xs), ys, reduction="none"), ys)
+        pieces = [
+            (lambda xm=xm, ym=ym: F.cross_entropy(model(xm), ym, reduction="none"), ym)
+            for xm, ym in zip(xs.chunk(micro), ys.chunk(micro))
+        ]
+        if micro == 1:
+            opt.step(*pieces[0])
+        else:
+            opt.step_accumulated(pieces)
     return opt
 
 
@@ -97,7 +107,7 @@ def _worker(rank: int, world: int, out: str) -> None:
     for name, (cls, options) in CASES.items():
         model = sharded_model(world)
         assert all(isinstance(p, DTensor) for p in model.parameters())
-        opt = train(model, cls, options, rank, world)
+        opt = train(model, cls, options, rank, world, micro=2 if "accumulated" in name else 1)
         results[name] = {
             "params": [p.full_tensor().detach() for p in model.parameters()],
             "local": [p.to_local().numel() for p in model.parameters()],
