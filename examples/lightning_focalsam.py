@@ -7,17 +7,17 @@ Needs Lightning: ``pip install 'focalsam[lightning]'``. Runs offline in seconds 
 and prints the many/medium/few-shot test accuracy.
 
 Focal-SAM owns its backward passes (a step is 2 forward and 3 backward passes), so the
-module uses manual optimization with the explicit phases of
-:class:`focalsam.optim.WeightedSAM`, passing ``backward=self.manual_backward`` to
-``first_step`` and ``second_step`` (the optimizer's constructor takes no ``backward``).
-Lightning details this relies on:
+module uses manual optimization and steps the optimizer with a closure that returns the
+per-sample losses, through the ``LightningOptimizer`` that ``self.optimizers()`` returns:
+``opt.step(closure, targets=y, backward=self.manual_backward)``. Lightning details this
+relies on:
 
-- ``self.optimizers()`` returns a ``LightningOptimizer``: it reads the optimizer's attributes
-  but keeps what a method writes (the phase, the flag lr schedulers check) on itself, so the
-  phases are called on the real optimizer, ``self.optimizers(use_pl_optimizer=False)``.
+- ``LightningOptimizer.step`` passes the closure (wrapped: it runs Lightning's
+  ``on_before_optimizer_step`` hooks after each call, so twice per step) and the keyword
+  arguments to the optimizer's own ``step``, and counts the step: ``trainer.global_step``
+  is the number of optimizer steps, as Lightning's loggers, checkpoint callbacks and
+  ``max_steps`` expect.
 - Manual optimization never steps lr schedulers: ``training_step`` steps it once per step.
-- ``trainer.global_step`` counts ``LightningOptimizer.step`` calls, which the phases do not
-  make: it stays 0, so bound training with ``max_epochs`` (not ``max_steps``).
 - Trainer-side gradient clipping is refused under manual optimization: pass
   ``max_grad_norm=`` to the optimizer instead. fp32, ``"64-true"`` and ``"bf16-mixed"``
   work; ``"16-mixed"`` on a GPU does not (``manual_backward`` scales the losses by Lightning's
@@ -103,16 +103,14 @@ class FocalSAMClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        opt = self.optimizers(use_pl_optimizer=False)  # the FocalSAM object itself
-        with opt.clean_context():  # no_sync under DDP
-            losses = F.cross_entropy(self(x), y, reduction="none")
-            perturbed = opt.first_step(losses, y, backward=self.manual_backward)
-        opt.second_step(
-            F.cross_entropy(self(x), y, reduction="none") if perturbed else None,
-            backward=self.manual_backward,
-        )
+        opt = self.optimizers()  # a LightningOptimizer: its step counts trainer.global_step
+
+        def closure() -> Tensor:  # called at theta and at theta + eps
+            return F.cross_entropy(self(x), y, reduction="none")
+
+        losses = opt.step(closure, targets=y, backward=self.manual_backward)
         self.lr_schedulers().step()  # manual optimization: ours to step
-        self.log("train_loss", losses.detach().mean(), on_step=True, on_epoch=True)
+        self.log("train_loss", losses.mean(), on_step=True, on_epoch=True)
 
     def on_test_epoch_start(self) -> None:
         self.test_accuracy.reset()

@@ -65,7 +65,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _fit_lightning(batches, **overrides):
+def _fit_lightning(batches, max_steps=-1, **overrides):
     example = _load_example()
     net = tiny_model()  # float64, with BatchNorm
     module = example.FocalSAMClassifier(net, COUNTS, **{**HPARAMS, **overrides})
@@ -76,6 +76,7 @@ def _fit_lightning(batches, **overrides):
         accelerator="cpu",
         devices=1,
         max_epochs=EPOCHS,
+        max_steps=max_steps,
         precision="64-true",
         logger=False,
         enable_checkpointing=False,
@@ -87,15 +88,14 @@ def _fit_lightning(batches, **overrides):
     return net, trainer
 
 
-def _fit_plain(batches):
+def _fit_plain(batches, steps=EPOCHS * BATCHES):
     model = tiny_model()
     opt = FocalSAM(model.parameters(), torch.optim.SGD, class_counts=COUNTS, **HPARAMS)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS * len(batches))
     model.train()
-    for _ in range(EPOCHS):
-        for x, y in batches:
-            opt.step(per_sample_ce(model, x, y), y)
-            sched.step()
+    for x, y in (batches * EPOCHS)[:steps]:
+        opt.step(per_sample_ce(model, x, y), y)
+        sched.step()
     return model, opt
 
 
@@ -115,11 +115,26 @@ def test_lightning_manual_optimization_equals_own_loop(quiet_deterministic_light
         else:
             assert not torch.allclose(got[k], initial[k], atol=1e-3), f"{k} did not change"
 
+    # Lightning counted every optimizer step, as its loggers and max_steps expect.
+    assert trainer.global_step == EPOCHS * BATCHES
     # The cosine schedule ran its whole length in both loops (stepped once per step).
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
     assert lr < 1e-6 < HPARAMS["lr"]
     assert "train_loss_epoch" in trainer.callback_metrics
+
+
+def test_max_steps_stops_training_after_that_many_optimizer_steps(
+    quiet_deterministic_lightning,
+):
+    batches = tiny_batches(BATCHES)
+    steps = EPOCHS * BATCHES - 2
+    net, trainer = _fit_lightning(batches, max_steps=steps, t_max=EPOCHS * BATCHES)
+    model, _ = _fit_plain(batches, steps=steps)
+    assert trainer.global_step == steps
+    got, want = _state(net), _state(model)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-6, msg=k)
 
 
 def test_a_different_rho_is_caught(quiet_deterministic_lightning):

@@ -5,7 +5,8 @@ From the gradient ``g`` in ``.grad`` (the sharp-weighted one, ``g_b``)::
     eps = rho * g / ||g||                    (SAM)
     eps = rho * p^2 g / ||p g||              (ASAM, ``adaptive``: scale invariant)
 
-with ``rho`` and ``adaptive`` per parameter group and one norm over every parameter.
+with ``rho`` and ``adaptive`` per parameter group and one norm over every parameter
+(FSDP2 shards included: :mod:`~focalsam.optim.sharded`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from focalsam.optim.buffers import BufferPool
 from focalsam.optim.policies.ddp import DdpPolicy
 from focalsam.optim.policies.scaler import unscale_
+from focalsam.optim.sharded import copy_all
 
 #: Added to every norm that is divided by (a zero gradient gives no perturbation).
 TINY = 1e-12
@@ -56,7 +58,7 @@ class Ascent:
         with_grad = ddp.ascent_params(params, with_grad)
         grads = [p.grad for p in with_grad]
         eps = self._eps(with_grad)
-        torch._foreach_copy_(eps, grads)  # type: ignore[arg-type]
+        copy_all(eps, grads)  # type: ignore[arg-type]
         groups = _groups_of(with_grad, param_groups)
         for group, idx in groups:
             if group["adaptive"]:
@@ -75,7 +77,7 @@ class Ascent:
         """``theta <- theta + eps`` (``theta`` kept to :meth:`restore`)."""
         params = self.params
         backup = self._backup(params)
-        torch._foreach_copy_(backup, params)
+        copy_all(backup, params)
         torch._foreach_add_(params, [self._eps[p] for p in params])
         self.moved = True
 
@@ -85,7 +87,7 @@ class Ascent:
         if not self.moved:
             return
         params = self.params
-        torch._foreach_copy_(params, [self._backup[p] for p in params])
+        copy_all(params, [self._backup[p] for p in params])
         self.moved = False
 
     @contextlib.contextmanager

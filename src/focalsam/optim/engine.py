@@ -98,6 +98,8 @@ class WeightedSAM(WrappedOptimizer):
         ascent_all_reduce: under DDP, average ``g_b(theta)`` over replicas
             before the ascent, so a DDP run equals one process on the global
             batch (one extra all-reduce per step). Off: ``eps`` is per replica.
+            Under FSDP2 every backward averages over the ranks already, so ``eps``
+            is the global batch's either way.
         max_grad_norm: clip the final gradient to this norm before the base step.
         check_finite: check that losses (and, in sync-free steps, gradients) are
             finite; a strict step raises :class:`NonFiniteLossError` and takes no step.
@@ -314,6 +316,19 @@ class WeightedSAM(WrappedOptimizer):
         would have raised.
         """
         return self._guard.report(self.num_classes)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The module being trained (DDP's ``no_sync``, BatchNorm handling, sync-free
+        roll-back of its buffers)."""
+        return self._ddp.model
+
+    @model.setter
+    def model(self, model: nn.Module | None) -> None:
+        """Point the step at another wrapper of the same module (e.g. the DDP model a
+        trainer builds after the optimizer)."""
+        self._ddp.model = model
+        self._bn.model = model
 
     def clean_context(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the first forward and the clean backward passes.

@@ -1,6 +1,9 @@
 """DDP for the two-weight rule: the clean passes run under ``model.no_sync()`` so a step
 all-reduces once (in its last backward), and optionally the ascent gradient ``g_b`` is
-averaged over the replicas first, so that ``eps`` is the one of the global batch."""
+averaged over the replicas first, so that ``eps`` is the one of the global batch.
+
+Under FSDP2 every backward already averages the gradient over the ranks, so ``eps`` is
+always the global batch's and ``ascent_all_reduce`` changes nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from focalsam.optim.sharded import is_sharded
 
 
 def distributed() -> bool:
@@ -38,6 +43,8 @@ class DdpPolicy:
         if sync or not distributed():
             return contextlib.nullcontext()
         no_sync = getattr(self.model, "no_sync", None)
+        if no_sync is None and hasattr(self.model, "set_requires_gradient_sync"):
+            return contextlib.nullcontext()  # FSDP2: every backward reduce-scatters
         if no_sync is None:
             if not self._warned_no_model:
                 self._warned_no_model = True
@@ -67,6 +74,8 @@ class GradAllReduce:
         self._flat: Tensor | None = None
 
     def __call__(self, params: list[Tensor]) -> None:
+        if is_sharded(params):
+            return  # FSDP2 reduce-scatters (averages) every backward: g_b is already global
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 
 from focalsam.optim.errors import LabelError, NonFiniteLossError, OptimizerInputError
 from focalsam.optim.policies.ddp import distributed
+from focalsam.optim.sharded import is_sharded
 
 #: Codes of the checks, in the order a step runs them (0: all passed).
 LABELS, LOSS, ASCENT, PERTURBED_LOSS, GRADIENT, REPLICA = 1, 2, 3, 4, 5, 6
@@ -81,6 +82,8 @@ def strict_now(strict_checks: bool | None, optimizer: Optimizer, params: list[Te
         return True
     if strict_checks is not None:
         return strict_checks
+    if is_sharded(params):
+        return True  # FSDP2: a sync-free step cannot roll back DTensor shards
     if params[0].device.type != "cuda":
         return True
     return host_state_reason(optimizer, params[0].device) is not None
