@@ -156,7 +156,7 @@ def check_out(spec: CompareSpec, out: Path) -> bool:
     another compare or anything else. Returns False for a new (absent or empty) folder."""
     if out.exists() and not out.is_dir():
         raise CompareError(f"--out {out} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(c.name != "compare.lock" for c in out.iterdir()):
         return False
     path = out / RECORD
     if not path.is_file():

@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from focalsam.errors import InputError
+from focalsam.train.runlock import RunLock
 
 CSV_COLUMNS = (
     "epoch",
@@ -160,12 +162,14 @@ def atomic_write(path: Path, data: str) -> None:
 
 
 class RunDir:
-    """A run's folder; one run owns it. Writes happen on rank 0 only."""
+    """A run's folder; one live process owns it (:class:`~focalsam.train.runlock.RunLock`,
+    taken by :meth:`create` and dropped by :meth:`close`). Writes happen on rank 0 only."""
 
     def __init__(self, path: Path, *, is_main: bool = True) -> None:
         self.path = path
         self.is_main = is_main
         self._tb: Any = None
+        self.lock = RunLock(path)
 
     def check_new(self) -> None:
         """Refuse a folder that already holds files (another run's, or anything)."""
@@ -179,13 +183,22 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable (at {parent})")
 
     def create(self) -> None:
-        if self.is_main:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunDirError(
-                    f"cannot create run directory {self.path}: {exc.strerror or exc}"
-                ) from None
+        """Create the folder (if new) and take its lock, before anything is written in it;
+        a stale lock (its process gone) is taken over with a one-line warning."""
+        if not self.is_main:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            stale = self.lock.acquire()
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot create run directory {self.path}: {exc.strerror or exc}"
+            ) from None
+        if stale is not None:
+            warnings.warn(
+                f"took over the stale lock of {self.path} left by {stale} (that process is gone)",
+                stacklevel=2,
+            )
 
     def write_text(self, name: str, text: str) -> None:
         if self.is_main:
@@ -230,3 +243,4 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        self.lock.release()

@@ -27,6 +27,7 @@ from focalsam.train.model_setup import (
     parameter_counts,
 )
 from focalsam.train.resume import experiment_changes, resume_record
+from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import RunDir, Runtime
 from focalsam.train.stages import build_stages
 
@@ -158,6 +159,7 @@ def build_run(
         cfg.run.dir = str(folder)
         assert checkpoint is not None
         _check_same_experiment(checkpoint, cfg, folder)
+        refuse_if_held(folder, "--resume")
         run_dir = RunDir(folder, is_main=rt.is_main)
     else:
         path = Path(cfg.run.dir) if cfg.run.dir else rt.broadcast(default_run_dir(cfg))

@@ -56,6 +56,8 @@ class Trainer:
             resumed = None if ckpt is None else (self.epoch, self.step_in_epoch, self.history)
             self.parts.open_run_dir(resumed, resume_changes or {})
         except BaseException:
+            if hasattr(self, "parts"):
+                self.parts.run_dir.close()  # drops the run folder's lock
             self.rt.close(clean=False)  # a failed set-up must not leave the group to die at exit
             raise
 
@@ -79,6 +81,14 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train every stage to its end, evaluating every ``eval_every`` epochs and at the end."""
+        p = self.parts
+        p.run_dir.create()  # the lock is held from set-up to the end of fit (again if re-run)
+        try:
+            return self._fit()
+        finally:
+            p.run_dir.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         p, cfg = self.parts, self.cfg
         self.log(p.describe(self.epoch, self.step_in_epoch))
         with self.rt.signals():
