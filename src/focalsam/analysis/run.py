@@ -24,7 +24,9 @@ from focalsam.analysis.targets import Target, resolve_targets, sample_indices
 from focalsam.errors import InputError
 from focalsam.optim import canonical_name, focal_weights, imbsam_weights
 from focalsam.train.evaluation import LoadedRun, load_run
+from focalsam.train.paths import check_output_folder
 from focalsam.train.resume import run_config_path
+from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import atomic_write
 
 MEASURES = ("hessian", "trace", "density", "sharpness", "landscape")
@@ -100,10 +102,8 @@ def _check_inputs(paths: list[Path], out: Path, settings: AnalysisSettings) -> N
     settings.validate()
     for path in paths:
         folder = run_config_path(path).parent  # a clear error when it is not a run
-        if out.resolve().is_relative_to(folder.resolve()):
-            raise InputError(f"--out {out} is inside the run {folder}: analyze never writes there")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+        refuse_if_held(folder, "analyze")
+    check_output_folder(out, "--out", "analyze")
 
 
 def _same_architecture(runs: list[LoadedRun], labels: list[str]) -> None:
@@ -116,8 +116,12 @@ def _same_architecture(runs: list[LoadedRun], labels: list[str]) -> None:
             )
 
 
+#: the measures finished so far, kept while analyze runs; analysis.json appears at the end
+PARTIAL = ".analysis.partial.json"
+
+
 def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[str, Any]:
-    path = out / "analysis.json"
+    path = out / PARTIAL if (out / PARTIAL).is_file() else out / "analysis.json"
     if not path.is_file():
         return {}
     try:
@@ -211,7 +215,7 @@ def analyze(
                 value = run_measure(measure, context, batches)
                 value["seconds"] = round(time.perf_counter() - t0, 4)
                 slot[measure] = value
-                atomic_write(out / "analysis.json", json.dumps(document, indent=1))
+                atomic_write(out / PARTIAL, json.dumps(document, indent=1))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"{label} {target.name} {measure}")
@@ -222,6 +226,8 @@ def analyze(
 
     for png in plot_all(document, out):
         log(f"wrote {png}")
+    atomic_write(out / "analysis.json", json.dumps(document, indent=1))  # whole, at the end
+    (out / PARTIAL).unlink(missing_ok=True)
     return document
 
 

@@ -30,6 +30,7 @@ from focalsam.compare import plots
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
+from focalsam.train.paths import check_output_folder
 from focalsam.train.runlock import RunLock, refuse_if_held
 from focalsam.train.runtime import atomic_write
 
@@ -292,6 +293,7 @@ def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[st
     input met by a run (missing data, ...) raises :class:`InputError`; a folder this
     call created is then removed when no run in it got a checkpoint.
     """
+    check_output_folder(out, "--out", "compare")
     resuming = check_out(spec, out)
     existed = out.exists()
     refuse_if_held(out, "compare", COMPARE_LOCK)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from focalsam.errors import InputError
+from focalsam.train.paths import file_mode
 
 __all__ = [
     "CheckpointError",
@@ -55,6 +56,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, file_mode())  # the user's umask, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()

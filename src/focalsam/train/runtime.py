@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from focalsam.errors import InputError
+from focalsam.train.paths import file_mode, refuse_symlink
 from focalsam.train.runlock import RunLock
 
 CSV_COLUMNS = (
@@ -151,6 +152,7 @@ def atomic_write(path: Path, data: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the file from others
             with os.fdopen(fd, "w") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -207,8 +209,10 @@ class RunDir:
     def append_line(self, name: str, line: str) -> None:
         if not self.is_main:
             return
+        refuse_symlink(self.path / name, "training")
         try:
-            with open(self.path / name, "a") as f:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            with os.fdopen(os.open(self.path / name, flags, 0o666), "a") as f:
                 f.write(line.rstrip("\n") + "\n")
         except OSError as exc:
             raise RunDirError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
@@ -233,6 +237,7 @@ class RunDir:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 return
+            refuse_symlink(self.path / "tensorboard", "training")
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
         for key, value in row.items():
             if isinstance(value, int | float) and key != "epoch":

@@ -26,6 +26,7 @@ from focalsam.train.model_setup import (
     model_state,
     parameter_counts,
 )
+from focalsam.train.paths import refuse_symlink
 from focalsam.train.resume import experiment_changes, resume_record
 from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import RunDir, Runtime
@@ -75,6 +76,8 @@ class RunParts:
     ) -> None:
         """Create the run directory with its config; a resume instead rewrites the metrics
         from the checkpoint's history and records its changes in ``resumes.jsonl``."""
+        for name in ("resumes.jsonl", "tensorboard"):  # never write through a planted link
+            refuse_symlink(self.run_dir.path / name, "training")
         self.run_dir.create()
         if resumed is None:
             self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
