@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from focalsam.errors import InputError, RunError
 from focalsam.train.config import SHORT_KEYS, leaf_fields
@@ -85,8 +86,40 @@ def _keys_help() -> str:
     return "\n".join(lines)
 
 
+class UsageError(InputError):
+    """The command line itself is malformed (an unknown flag, a missing value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (a :class:`UsageError`, exit code 2)
+    instead of a usage block; ``--help`` still prints the whole help."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def looks_like_override(item: str) -> bool:
+    """``KEY=VALUE`` with a key of letters, digits, ``_``, ``-`` and dots."""
+    key, sep, _ = item.partition("=")
+    return bool(sep) and bool(re.fullmatch(r"[A-Za-z_][\w.\-]*", key))
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
+    """``parser.parse_args`` where ``KEY=VALUE`` overrides may come before or after flags:
+    the ones argparse leaves over join ``args.overrides`` (in their order); anything else
+    left over is a one-line usage error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = [e for e in extra if looks_like_override(e)]
+        if not hasattr(args, "overrides") or len(overrides) != len(extra):
+            unknown = [e for e in extra if e not in overrides] or extra
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="focalsam",
         description="Focal-SAM and other sharpness-aware optimizers for long-tailed classification.",
     )
@@ -409,7 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from focalsam.train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_command_line(parser, argv)
+    except UsageError as exc:
+        print(f"focalsam: error: {exc}", file=sys.stderr)
+        return 2
     debug = getattr(args, "debug", False)
     _one_line_warnings()
     try:
