@@ -24,6 +24,7 @@ from focalsam.analysis.targets import Target, resolve_targets, sample_indices
 from focalsam.errors import InputError
 from focalsam.optim import canonical_name, focal_weights, imbsam_weights
 from focalsam.train.evaluation import LoadedRun, load_run
+from focalsam.train.limits import MAX_TOP_K, check_at_most, read_json
 from focalsam.train.paths import check_output_folder
 from focalsam.train.resume import run_config_path
 from focalsam.train.runlock import refuse_if_held
@@ -100,6 +101,7 @@ def _labels(runs: list[LoadedRun]) -> list[str]:
 
 def _check_inputs(paths: list[Path], out: Path, settings: AnalysisSettings) -> None:
     settings.validate()
+    check_at_most("--top-k", settings.top_k, MAX_TOP_K)
     for path in paths:
         folder = run_config_path(path).parent  # a clear error when it is not a run
         refuse_if_held(folder, "analyze")
@@ -125,9 +127,11 @@ def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[st
     if not path.is_file():
         return {}
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{path} is not an analysis.json; choose another --out") from None
+        old = read_json(path, "analysis")
+    except InputError as exc:
+        raise InputError(f"{exc}; choose another --out") from None
+    if not isinstance(old, dict):
+        raise InputError(f"{path} is not an analysis.json; choose another --out")
     if old.get("settings") != settings.key() or old.get("run_dirs") != runs:
         raise InputError(
             f"{out} holds an analysis with other settings or runs; choose another --out"

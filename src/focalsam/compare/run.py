@@ -30,6 +30,7 @@ from focalsam.compare import plots
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
+from focalsam.train.limits import read_json
 from focalsam.train.paths import check_output_folder
 from focalsam.train.runlock import RunLock, refuse_if_held
 from focalsam.train.runtime import atomic_write
@@ -182,7 +183,7 @@ def _finished_line(o: RunOutcome, k: int, total: int, out: Path, spec: CompareSp
     head = f"  [{k}/{total}] {name:<18}"
     if o.status == "failed":
         return f"{head} FAILED {o.detail}"
-    report = json.loads((out / name / "report.json").read_text())
+    report = read_json(out / name / "report.json", "report")
     acc = (report.get("last_epoch") or {}).get("overall")
     shown = "n/a" if acc is None else f"{100 * acc:.2f}%"
     when = "kept (finished before)" if o.status == "kept" else f"{o.seconds:.1f} s"
@@ -255,7 +256,7 @@ def load_reports(spec: CompareSpec, out: Path) -> dict[str, list[dict[str, Any]]
         for seed in spec.seeds:
             path = out / spec.run_name(opt, seed) / "report.json"
             if path.is_file():
-                reports[opt].append(json.loads(path.read_text()))
+                reports[opt].append(read_json(path, "report"))
     return reports
 
 

@@ -51,6 +51,7 @@ from focalsam.optim._step import (
     active_scaler,
     default_backward,
 )
+from focalsam.optim._width import check_logits_width
 from focalsam.optim.class_weights import Weights, as_weights, is_zero
 from focalsam.optim.errors import (
     InvalidHyperparameterError,
@@ -167,6 +168,7 @@ class WeightedSAM(StepRunner):
                 f"clean_weights and sharp_weights have different lengths {sorted(lengths)}"
             )
         self.num_classes: int | None = lengths.pop() if lengths else None
+        self._width_checked = False  # the first step's logits are checked against it
         self._clean_is_zero = is_zero(self.clean_weights)
         self._sharp_is_zero = is_zero(self.sharp_weights)
         # some class has no sharp weight (ImbSAM's head): a batch may have no sharp term
@@ -232,7 +234,11 @@ class WeightedSAM(StepRunner):
                 f"{type(self).__name__}.step needs a closure returning per-sample losses; "
                 "for explicit phases call first_step(losses, targets) and second_step(losses)"
             )
-        return self._run([(closure, targets)], scaler, backward)[0]
+        out = self._run([(closure, targets)], scaler, backward)[0]
+        if not self._width_checked:  # once: the first step's logits
+            check_logits_width(out, self.num_classes, type(self).__name__)
+            self._width_checked = True
+        return out
 
     def step_accumulated(
         self,

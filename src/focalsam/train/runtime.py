@@ -64,6 +64,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise InputError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"run.device={name!r} asked for, but CUDA is not available here")
+    if device.type not in ("cpu", "cuda", "meta"):
+        backend = getattr(torch, device.type, None) or getattr(torch.backends, device.type, None)
+        available = getattr(backend, "is_available", lambda: False)
+        if not available():
+            raise InputError(
+                f"run.device={name!r} asked for, but {device.type} is not available here "
+                "(use auto, cpu or cuda)"
+            )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device

@@ -17,11 +17,14 @@ from torch import nn
 from focalsam.losses import LongTailLoss
 from focalsam.optim import canonical_name
 from focalsam.train.checkpoint import CheckpointError, check_finite_state
+from focalsam.train.checkpoint_fields import check_fields, check_finite_weights, check_position
 from focalsam.train.config import ConfigError, TrainConfig, config_yaml, to_dict
 from focalsam.train.data_setup import TrainData, build_data
+from focalsam.train.limits import check_batch_fits, check_config_limits
 from focalsam.train.model_setup import (
     build_model,
     describe_counts,
+    is_clip,
     load_model_state,
     model_state,
     parameter_counts,
@@ -157,11 +160,13 @@ def build_run(
     checkpoint: dict[str, Any] | None = None,
 ) -> RunParts:
     """Every part of the run; raises before anything is written if any input is bad."""
+    check_config_limits(cfg, clip=is_clip(cfg))
     if resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         cfg.run.dir = str(folder)
         assert checkpoint is not None
         _check_same_experiment(checkpoint, cfg, folder)
+        check_finite_weights(checkpoint, folder / "last.pt")
         refuse_if_held(folder, "--resume")
         run_dir = RunDir(folder, is_main=rt.is_main)
     else:
@@ -170,6 +175,8 @@ def build_run(
         run_dir.check_new()
         cfg.run.dir = str(path)
     data = build_data(cfg, rt.device, rt.rank, rt.world)
+    what = "the training set" + (" (also CC-SAM's stage 2 batches)" if data.make_balanced else "")
+    check_batch_fits(cfg.train.batch_size, int(sum(data.class_counts)), rt.world, what)
     steps = len(data.train)
     if steps == 0:
         raise ConfigError(
@@ -204,6 +211,7 @@ def _check_same_experiment(ckpt: dict[str, Any], cfg: TrainConfig, folder: Path)
             f"{folder / 'last.pt'} was not written by this version of focalsam "
             f"(format {ckpt.get('format')!r}, expected {FORMAT!r})"
         )
+    check_fields(ckpt, folder / "last.pt")
     changed = experiment_changes(ckpt["config"], to_dict(cfg))
     if changed:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
@@ -230,7 +238,15 @@ def to_payload(trainer: Any) -> dict[str, Any]:
 def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
     """Load ``ckpt`` into the trainer's parts; the lr schedule is replayed when the run's
     length changed on resume (it follows the new length from the current step)."""
-    stages = trainer.parts.stages
+    stages, p = trainer.parts.stages, trainer.parts
+    total = sum(s.epochs for s in stages)
+    epoch = ckpt["epoch"]
+    steps = (
+        len(p.loader(p.stage_at(epoch)[0].loader_name, p.stage_at(epoch)[1]))
+        if epoch < total
+        else 0
+    )
+    check_position(ckpt, p.run_dir.path / "last.pt", total, steps)
     same_length = ckpt["config"]["train"]["epochs"] == trainer.cfg.train.epochs
     try:
         load_model_state(trainer.model, ckpt, "the checkpoint")

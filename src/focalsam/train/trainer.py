@@ -11,6 +11,7 @@ from focalsam.train.checkpoint import load_checkpoint, save_checkpoint
 from focalsam.train.config import TrainConfig, to_dict
 from focalsam.train.epoch import NonFiniteStep, evaluate, train_one_epoch
 from focalsam.train.report import build_report, epoch_line
+from focalsam.train.resume import check_resume_agrees
 from focalsam.train.runtime import Runtime
 from focalsam.train.setup import RunParts, build_run, restore, to_payload
 
@@ -45,7 +46,10 @@ class Trainer:
         self.rt = Runtime(cfg.run.device, cfg.run.precision)
         self.on_step, self._log = on_step, log
         try:
-            ckpt = load_checkpoint(_checkpoint_path(Path(resume))) if resume else None
+            ckpt_path = _checkpoint_path(Path(resume)) if resume else None
+            ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+            if ckpt_path is not None and ckpt is not None:
+                check_resume_agrees(ckpt_path, ckpt, cfg, resume_changes or {})
             self.parts: RunParts = build_run(cfg, self.rt, resume=resume, checkpoint=ckpt)
             self.cfg, self.run_dir, self.model = cfg, self.parts.run_dir.path, self.parts.model
             self.epoch, self.step_in_epoch = 0, 0
