@@ -10,12 +10,17 @@ input of any kind is one line on stderr and exit code 2, with nothing written;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
 import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -438,7 +443,52 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show  # type: ignore[assignment]
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as SIGINT does) while a command runs, so a stop
+    outside a training loop ends with its one line and code 130, never silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    return exc.filename is None and exc.errno in (errno.EPIPE, errno.ENOSPC, errno.EIO)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's final flush of what
+    could not be printed fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (0 done, 1 run-time failure, 2 bad input, 130
+    interrupted), every failure as one line on stderr."""
+    with _sigterm_as_interrupt():
+        code = _main(argv)
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        _silence_stdout()
+        print(f"focalsam: failed: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from focalsam.train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
@@ -480,6 +530,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"focalsam: {exc}", file=sys.stderr)
         return 130
+    except OSError as exc:  # ENAMETOOLONG, EACCES, ENOTDIR, ENOSPC, a full stdout, ...
+        if debug:
+            raise
+        if _stdout_failed(exc):
+            _silence_stdout()
+            reason = f"cannot write to standard output: {exc.strerror}"
+        else:
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = f"{exc.strerror or exc}{where}"
+        print(f"focalsam: failed: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside a training loop (set-up, writing the outputs)
         if debug:
             raise

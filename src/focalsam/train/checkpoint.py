@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -66,7 +67,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         kept = "; the previous checkpoint was kept" if path.is_file() else ""
-        err = CheckpointWriteError(f"checkpoint {path} could not be written: {reason}{kept}")
+        err = CheckpointWriteError(
+            f"checkpoint {path} could not be written: {reason} ({free_space(path)}){kept}"
+        )
         err.errno = exc.errno
         raise err from exc
     finally:
@@ -74,6 +77,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def free_space(path: Path) -> str:
+    """``N MiB free`` on the disk holding ``path`` (or where that cannot be read)."""
+    folder = next((p for p in [path.parent, *path.parents] if p.is_dir()), Path("."))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"free space at {folder} unknown"
+    return f"{free / 2**20:.1f} MiB free at {folder}"
 
 
 def _first_line(exc: BaseException) -> str:

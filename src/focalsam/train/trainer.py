@@ -142,7 +142,14 @@ class Trainer:
                 self.log(epoch_line(row, self.total_epochs))
                 if self.rt.stop_reason is not None:
                     self._interrupted(f"after epoch {self.epoch}")
-        return self.report()
+        try:
+            return self.report()
+        except KeyboardInterrupt:  # SIGINT/SIGTERM after the loop, while writing the report
+            raise TrainingInterrupted(
+                f"interrupted after the last epoch: {self.run_dir / 'last.pt'} holds all "
+                f"{self.epoch} epochs, report.json was not written; write it with "
+                f"focalsam train --resume {self.run_dir}"
+            ) from None
 
     def _save(self, when: str, name: str = "last.pt") -> None:
         bad = self.parts.non_finite_weights()
