@@ -37,6 +37,12 @@ def check_fields(ckpt: dict[str, Any], path: Path) -> None:
             )
     if not all(isinstance(row, dict) for row in ckpt["history"]):
         raise CheckpointFieldError(f"checkpoint {path}: 'history' must be a list of rows")
+    partial = ckpt.get("epoch_partial")
+    if partial is not None and not _is_partial(partial):
+        raise CheckpointFieldError(
+            f"checkpoint {path}: 'epoch_partial' must hold 'totals' (3 numbers), 'seconds' "
+            "and 'row' (a dict)"
+        )
     train = ckpt["config"].get("train")
     if not isinstance(train, dict) or not isinstance(train.get("epochs"), int):
         raise CheckpointFieldError(f"checkpoint {path}: its config has no train.epochs")
@@ -67,3 +73,12 @@ def check_finite_weights(ckpt: dict[str, Any], path: Path) -> None:
             f"checkpoint {path} holds NaN/inf weights in {', '.join(bad[:3])}{more}: it is "
             "not a usable checkpoint (use an earlier one)"
         )
+
+
+def _is_partial(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("row"), dict):
+        return False
+    totals, seconds = value.get("totals"), value.get("seconds")
+    if not isinstance(totals, list) or len(totals) != 3 or not isinstance(seconds, float):
+        return False
+    return all(isinstance(v, float) and v >= 0 for v in totals)

@@ -231,6 +231,7 @@ def to_payload(trainer: Any) -> dict[str, Any]:
         "step_in_epoch": trainer.step_in_epoch,
         "best": trainer.best,
         "history": trainer.history,
+        "epoch_partial": trainer.epoch_partial,
         "config": to_dict(trainer.cfg),
     }
 
@@ -262,6 +263,7 @@ def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
     trainer.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
     trainer.best = ckpt.get("best")
     trainer.history = list(ckpt.get("history", []))
+    trainer.epoch_partial = ckpt.get("epoch_partial") if trainer.step_in_epoch else None
     if not same_length:
         first = stages[0]
         done = min(trainer.epoch, first.epochs) * len(trainer.parts.data.train)

@@ -55,6 +55,8 @@ class Trainer:
             self.epoch, self.step_in_epoch = 0, 0
             self.best: dict[str, Any] | None = None
             self.history: list[dict[str, Any]] = []
+            #: an interrupted epoch's row so far (its start and running sums), or None
+            self.epoch_partial: dict[str, Any] | None = None
             if ckpt is not None:
                 restore(self, ckpt)
             resumed = None if ckpt is None else (self.epoch, self.step_in_epoch, self.history)
@@ -99,6 +101,10 @@ class Trainer:
             while self.epoch < self.total_epochs:
                 stage, stage_epoch = p.stage_at(self.epoch)
                 row: dict[str, Any] = {"epoch": self.epoch + 1, **stage.start_epoch(stage_epoch)}
+                partial = self.epoch_partial if self.step_in_epoch > 0 else None
+                if partial is not None:  # the row as it began, not as of the resume
+                    row |= partial["row"]
+                start_row = dict(row)
                 loader = p.loader(stage.loader_name, stage_epoch)
                 self.steps_in_epoch = len(loader)
                 try:
@@ -113,16 +119,20 @@ class Trainer:
                             progress=bar,
                             all_sum=self.rt.all_sum,
                             skipped=stage.skipped_steps,
+                            initial=partial if self.rt.is_main else None,
                         )
+                    sums = row.pop("sums")
                 except NonFiniteStep as exc:
                     raise TrainingDiverged(
                         f"non-finite loss at epoch {self.epoch + 1}, step {exc.step + 1}: {exc}. "
                         f"{p.kept_checkpoint()}"
                     ) from None
                 if self.rt.stop_reason is not None and self.step_in_epoch < len(loader):
+                    self.epoch_partial = {**sums, "row": start_row}
                     self._save(f"epoch {self.epoch + 1}")
                     self._interrupted(f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self.epoch_partial = None
                 if self.epoch % cfg.train.eval_every == 0 or self.epoch in p.eval_epochs():
                     result = evaluate(
                         self.model, p.data.test, p.data.new_metric(), self.rt.autocast
