@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,18 +66,35 @@ def test_the_lock_names_its_holder_and_a_second_lock_is_refused(held):
         RunLock(folder).acquire()
 
 
-def test_resume_of_a_folder_a_live_process_holds_is_refused_naming_the_pid(tmp_path, held, capsys):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "done"
+    assert main([*TRAIN, f"run_dir={run}"]) == 0
+    return run
+
+
+READERS = {
+    "resume": ["train", "--resume", "{run}", "epochs=2"],
+    "analyze": ["analyze", "{run}", "--out", "{tmp}/an", "--no-progress"],
+    "eval --corruptions": ["eval", "{run}", "--corruptions", "generate", "--out", "{tmp}/ev"],
+}
+
+
+@pytest.mark.parametrize("argv", list(READERS.values()), ids=list(READERS))
+def test_a_folder_a_live_process_holds_is_refused_naming_the_pid(
+    argv, finished, tmp_path, held, capsys
+):
     folder, pid = held
-    assert main([*TRAIN, f"run_dir={tmp_path / 'run'}"]) == 0
-    capsys.readouterr()
-    # the finished run's files, moved under the held folder's lock
-    for f in (tmp_path / "run").iterdir():
+    for f in finished.iterdir():  # the finished run's files, under the held folder's lock
         if f.name != "lock":
-            f.rename(folder / f.name)
+            shutil.copy2(f, folder / f.name)
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert main(["train", "--resume", str(folder), "epochs=2"]) == 2
+    capsys.readouterr()
+    filled = [a.replace("{run}", str(folder)).replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(filled) == 2
     assert f"pid {pid}" in _one_error(capsys)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert not (tmp_path / "an").exists() and not (tmp_path / "ev").exists()
 
 
 def test_a_stale_lock_is_taken_over_with_one_line(tmp_path, capsys):
