@@ -175,7 +175,8 @@ def build_run(
         run_dir.check_new()
         cfg.run.dir = str(path)
     data = build_data(cfg, rt.device, rt.rank, rt.world)
-    what = "the training set" + (" (also CC-SAM's stage 2 batches)" if data.make_balanced else "")
+    stage_2 = canonical_name(cfg.optim.name) == "ccsam"
+    what = "the training set" + (" (also CC-SAM's stage 2 batches)" if stage_2 else "")
     check_batch_fits(cfg.train.batch_size, int(sum(data.class_counts)), rt.world, what)
     steps = len(data.train)
     if steps == 0:
