@@ -140,7 +140,7 @@ def test_runs_of_two_architectures_share_no_landscape(runs, tmp_path, capsys):
 
 def test_out_inside_a_run_and_unreadable_runs_are_refused(runs, tmp_path, capsys):
     rc = main(["analyze", str(runs["sgd"]), "--out", str(runs["sgd"] / "analysis"), *SMALL])
-    assert rc == 2 and "never writes there" in capsys.readouterr().err
+    assert rc == 2 and "never writes into a run" in capsys.readouterr().err
     rc = main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), *SMALL])
     assert rc == 2 and "config.yaml not found" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()

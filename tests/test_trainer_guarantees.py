@@ -145,7 +145,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path):
                 next(trainer.model.parameters()).fill_(float("nan"))
 
     run = tmp_path / "run"
-    trainer = silent(cfg_of(run, epochs=3, batch_size=500), on_step=poison)
+    trainer = silent(cfg_of(run, epochs=3, batch_size=417), on_step=poison)  # one batch
     assert trainer.parts.stages[0].epochs == 3 and len(trainer.parts.data.train) == 1
     with pytest.raises(TrainingDiverged, match="NaN/inf by epoch 2.*last good checkpoint"):
         trainer.fit()

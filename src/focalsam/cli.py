@@ -10,13 +10,19 @@ input of any kind is one line on stderr and exit code 2, with nothing written;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import os
+import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from focalsam.errors import InputError, Interrupted, RunError, TrainingDiverged
 from focalsam.train.config import SHORT_KEYS, leaf_fields
@@ -85,8 +91,40 @@ def _keys_help() -> str:
     return "\n".join(lines)
 
 
+class UsageError(InputError):
+    """The command line itself is malformed (an unknown flag, a missing value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (a :class:`UsageError`, exit code 2)
+    instead of a usage block; ``--help`` still prints the whole help."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def looks_like_override(item: str) -> bool:
+    """``KEY=VALUE`` with a key of letters, digits, ``_``, ``-`` and dots."""
+    key, sep, _ = item.partition("=")
+    return bool(sep) and bool(re.fullmatch(r"[A-Za-z_][\w.\-]*", key))
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
+    """``parser.parse_args`` where ``KEY=VALUE`` overrides may come before or after flags:
+    the ones argparse leaves over join ``args.overrides`` (in their order); anything else
+    left over is a one-line usage error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = [e for e in extra if looks_like_override(e)]
+        if not hasattr(args, "overrides") or len(overrides) != len(extra):
+            unknown = [e for e in extra if e not in overrides] or extra
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="focalsam",
         description="Focal-SAM and other sharpness-aware optimizers for long-tailed classification.",
     )
@@ -405,9 +443,58 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show  # type: ignore[assignment]
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as SIGINT does) while a command runs, so a stop
+    outside a training loop ends with its one line and code 130, never silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    return exc.filename is None and exc.errno in (errno.EPIPE, errno.ENOSPC, errno.EIO)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's final flush of what
+    could not be printed fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (0 done, 1 run-time failure, 2 bad input, 130
+    interrupted), every failure as one line on stderr."""
+    with _sigterm_as_interrupt():
+        code = _main(argv)
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        _silence_stdout()
+        print(f"focalsam: failed: cannot write to standard output: {exc.strerror}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_command_line(parser, argv)
+    except UsageError as exc:
+        print(f"focalsam: error: {exc}", file=sys.stderr)
+        return 2
     debug = getattr(args, "debug", False)
     _one_line_warnings()
     try:
@@ -439,6 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"focalsam: {exc}", file=sys.stderr)
         return 130
+    except OSError as exc:  # ENAMETOOLONG, EACCES, ENOTDIR, ENOSPC, a full stdout, ...
+        if debug:
+            raise
+        if _stdout_failed(exc):
+            _silence_stdout()
+            reason = f"cannot write to standard output: {exc.strerror}"
+        else:
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = f"{exc.strerror or exc}{where}"
+        print(f"focalsam: failed: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside a training loop (set-up, writing the outputs)
         if debug:
             raise

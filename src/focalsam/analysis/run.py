@@ -23,7 +23,10 @@ from focalsam.analysis.targets import Target, resolve_targets, sample_indices
 from focalsam.errors import InputError
 from focalsam.optim import canonical_name, get_method
 from focalsam.train.evaluation import LoadedRun, load_run
+from focalsam.train.limits import MAX_TOP_K, check_at_most, read_json
+from focalsam.train.paths import check_output_folder
 from focalsam.train.resume import run_config_path
+from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import atomic_write
 
 MEASURES = ("hessian", "trace", "density", "sharpness", "landscape")
@@ -97,12 +100,11 @@ def _labels(runs: list[LoadedRun]) -> list[str]:
 
 def _check_inputs(paths: list[Path], out: Path, settings: AnalysisSettings) -> None:
     settings.validate()
+    check_at_most("--top-k", settings.top_k, MAX_TOP_K)
     for path in paths:
         folder = run_config_path(path).parent  # a clear error when it is not a run
-        if out.resolve().is_relative_to(folder.resolve()):
-            raise InputError(f"--out {out} is inside the run {folder}: analyze never writes there")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+        refuse_if_held(folder, "analyze")
+    check_output_folder(out, "--out", "analyze")
 
 
 def _same_architecture(runs: list[LoadedRun], labels: list[str]) -> None:
@@ -115,14 +117,20 @@ def _same_architecture(runs: list[LoadedRun], labels: list[str]) -> None:
             )
 
 
+#: the measures finished so far, kept while analyze runs; analysis.json appears at the end
+PARTIAL = ".analysis.partial.json"
+
+
 def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[str, Any]:
-    path = out / "analysis.json"
+    path = out / PARTIAL if (out / PARTIAL).is_file() else out / "analysis.json"
     if not path.is_file():
         return {}
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{path} is not an analysis.json; choose another --out") from None
+        old = read_json(path, "analysis")
+    except InputError as exc:
+        raise InputError(f"{exc}; choose another --out") from None
+    if not isinstance(old, dict):
+        raise InputError(f"{path} is not an analysis.json; choose another --out")
     if old.get("settings") != settings.key() or old.get("run_dirs") != runs:
         raise InputError(
             f"{out} holds an analysis with other settings or runs; choose another --out"
@@ -210,7 +218,7 @@ def analyze(
                 value = run_measure(measure, context, batches)
                 value["seconds"] = round(time.perf_counter() - t0, 4)
                 slot[measure] = value
-                atomic_write(out / "analysis.json", json.dumps(document, indent=1))
+                atomic_write(out / PARTIAL, json.dumps(document, indent=1))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"{label} {target.name} {measure}")
@@ -221,6 +229,8 @@ def analyze(
 
     for png in plot_all(document, out):
         log(f"wrote {png}")
+    atomic_write(out / "analysis.json", json.dumps(document, indent=1))  # whole, at the end
+    (out / PARTIAL).unlink(missing_ok=True)
     return document
 
 

@@ -11,6 +11,7 @@ is bitwise the same.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -29,7 +30,13 @@ from focalsam.compare import plots
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
+from focalsam.train.limits import read_json
+from focalsam.train.paths import check_output_folder
+from focalsam.train.runlock import RunLock, refuse_if_held
 from focalsam.train.runtime import atomic_write
+
+#: the lock file of a compare folder (not ``lock``: a compare folder is not a run folder)
+COMPARE_LOCK = "compare.lock"
 
 Log = Callable[[str], None]
 
@@ -100,6 +107,22 @@ def _child_argv(spec: CompareSpec, opt: str, seed: int, out: Path) -> list[str]:
     return [sys.executable, "-m", "focalsam", *args]
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to send the child SIGTERM when its parent dies (a
+    killed compare leaves no orphans: each child saves its checkpoint and stops)."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(130)
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _child_env(threads: int) -> dict[str, str]:
     n = str(threads)
     return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
@@ -121,8 +144,15 @@ class _Pool:
     def start(self, argv: list[str], opt: str, seed: int, name: str) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_file = self.logs / f"{name}.log"
+        linux = sys.platform.startswith("linux")
         with open(log_file, "wb") as f:
-            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=self.env)
+            proc = subprocess.Popen(
+                argv,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=_die_with_parent(os.getpid()) if linux else None,
+            )
         self.running[proc] = (opt, seed, time.perf_counter(), log_file)
 
     def wait_one(self) -> tuple[RunOutcome, int]:
@@ -153,7 +183,7 @@ def _finished_line(o: RunOutcome, k: int, total: int, out: Path, spec: CompareSp
     head = f"  [{k}/{total}] {name:<18}"
     if o.status == "failed":
         return f"{head} FAILED {o.detail}"
-    report = json.loads((out / name / "report.json").read_text())
+    report = read_json(out / name / "report.json", "report")
     acc = (report.get("last_epoch") or {}).get("overall")
     shown = "n/a" if acc is None else f"{100 * acc:.2f}%"
     when = "kept (finished before)" if o.status == "kept" else f"{o.seconds:.1f} s"
@@ -178,6 +208,7 @@ def _run_all(
     for opt, seed in todo:  # clear folders a cut set-up left without a checkpoint
         run_dir = out / spec.run_name(opt, seed)
         if run_state(run_dir) == "partial":
+            refuse_if_held(run_dir, "compare")  # never delete what a live process writes
             shutil.rmtree(run_dir)
     if spec.parallel == 1:
         for opt, seed in todo:
@@ -225,7 +256,7 @@ def load_reports(spec: CompareSpec, out: Path) -> dict[str, list[dict[str, Any]]
         for seed in spec.seeds:
             path = out / spec.run_name(opt, seed) / "report.json"
             if path.is_file():
-                reports[opt].append(json.loads(path.read_text()))
+                reports[opt].append(read_json(path, "report"))
     return reports
 
 
@@ -263,9 +294,13 @@ def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[st
     input met by a run (missing data, ...) raises :class:`InputError`; a folder this
     call created is then removed when no run in it got a checkpoint.
     """
+    check_output_folder(out, "--out", "compare")
     resuming = check_out(spec, out)
     existed = out.exists()
+    refuse_if_held(out, "compare", COMPARE_LOCK)
     pending = [p for p in spec.pairs() if run_state(out / spec.run_name(*p)) != "done"]
+    for pair in pending:  # a run still written by a process of an earlier compare
+        refuse_if_held(out / spec.run_name(*pair), "compare")
     kept = len(spec.pairs()) - len(pending)
     log(
         f"compare in {out}: {', '.join(label(o) for o in spec.optimizers)} x seeds "
@@ -273,16 +308,21 @@ def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[st
         + (f", {kept} kept" if resuming and kept else "")
         + f" ({spec.parallel} at a time, {spec.threads} CPU thread(s) each)"
     )
+    lock = RunLock(out, COMPARE_LOCK)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
         if not resuming:
             import yaml
 
             atomic_write(out / RECORD, yaml.safe_dump(spec.record(), sort_keys=False))
         outcomes = _run_all(spec, out, pending, log, kept)
+        doc = write_outputs(spec, out, spec.parallel)
     except InputError:
+        lock.release()
         if not resuming and not any(out.glob("*/last.pt")):  # leave nothing behind
             _remove_new(out, existed)
         raise
-    doc = write_outputs(spec, out, spec.parallel)
+    finally:
+        lock.release()
     return doc, sum(o.status == "failed" for o in outcomes)

@@ -3,6 +3,7 @@ whole, and recorded in ``compare.yaml`` so the same command resumes it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from focalsam.errors import CompareError
 from focalsam.optim import canonical_name
 from focalsam.train.config import TrainConfig, make_config, parse_overrides, read_yaml
+from focalsam.train.limits import load_yaml_text, read_text_limited
 
 FORMAT = "focalsam-compare-1"
 RECORD = "compare.yaml"
@@ -81,6 +83,9 @@ class CompareSpec:
         for name, value in (("--parallel", parallel), ("--threads", threads)):
             if not isinstance(value, int) or value < 1:
                 raise CompareError(f"{name} must be an integer >= 1, got {value!r}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if threads > (cores or 1):
+            raise CompareError(f"--threads {threads} is more than the {cores} CPU cores here")
         if preset is None and config_file is None:
             raise CompareError("compare needs --preset NAME or --config YAML")
         parsed = parse_overrides(list(overrides))
@@ -152,13 +157,13 @@ def check_out(spec: CompareSpec, out: Path) -> bool:
     another compare or anything else. Returns False for a new (absent or empty) folder."""
     if out.exists() and not out.is_dir():
         raise CompareError(f"--out {out} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(c.name != "compare.lock" for c in out.iterdir()):
         return False
     path = out / RECORD
     if not path.is_file():
         raise CompareError(f"--out {out} is not empty and holds no {RECORD}: not a compare folder")
     try:
-        old = yaml.safe_load(path.read_text())
+        old = load_yaml_text(read_text_limited(path, "compare record"))
     except (yaml.YAMLError, OSError, UnicodeDecodeError):
         raise CompareError(f"{path} cannot be read as a compare record") from None
     new = spec.record()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from focalsam.errors import InputError
+from focalsam.models.offline import cached_open_clip_file, download_host, reachable
 
 #: Keys of OpenAI's archive that are not parameters of open_clip's ``CLIP``.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -107,6 +108,15 @@ def download_pretrained(arch: str, tag: str) -> Path:
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch))
         raise InputError(f"unknown open_clip pretrained tag {tag!r} for {arch}; valid: {tags}")
+    cached = cached_open_clip_file(cfg)
+    if cached is not None:
+        return cached
+    host = download_host(cfg)
+    if not reachable(host):  # fail in seconds, not after a minute of retries
+        raise InputError(
+            f"clip_pretrained={tag} needs to download weights, but {host} cannot be reached "
+            f"(offline?); give a local file instead: clip_weights=PATH to {where_to_get(arch, tag)}"
+        )
     try:
         return Path(open_clip.download_pretrained(cfg))
     except Exception as exc:  # network errors come in many types

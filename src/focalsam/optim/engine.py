@@ -51,6 +51,7 @@ from focalsam.optim.policies.syncfree import SkipReport, StepGuard, host_state_r
 from focalsam.optim.sample_weights import SampleWeights, weighted_mean
 from focalsam.optim.validators import (
     MicroBatch,
+    check_logits_width,
     check_losses,
     check_micro_batches,
     check_perturbed_losses,
@@ -239,6 +240,7 @@ class WeightedSAM(WrappedOptimizer):
         with self._ddp.context(sync=w.sharp_is_zero):  # DDP: the clean passes do not all-reduce
             out = closure()  # l_n(theta)
             losses = losses_of(out)
+            check_logits_width(out, w.num_classes, type(self).__name__)  # C = len(counts)
             size = check_losses(losses)
             targets = None if targets is None else check_targets(targets, size)
             a, b = w.per_sample(targets, losses, type(self).__name__)  # a_n = a[y_n], b_n = b[y_n]

@@ -250,3 +250,17 @@ def check_perturbed_losses(losses: Tensor, size: int, check_finite: bool) -> Non
 def detached(out: Any, losses: Tensor) -> Any:
     """A closure's output with its losses detached."""
     return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
+
+
+def check_logits_width(output: Any, num_classes: int | None, owner: str) -> None:
+    """Refuse logits whose last dimension is not ``num_classes`` (the length of the class
+    counts that weight the samples). ``output`` is what a closure returned; it is checked
+    when it is a tuple ``(losses, logits, ...)``. Shapes only: no device sync."""
+    if num_classes is None or not isinstance(output, tuple) or len(output) < 2:
+        return
+    logits = output[1]
+    if isinstance(logits, Tensor) and logits.ndim >= 2 and logits.shape[-1] != num_classes:
+        raise ClassCountsError(
+            f"{owner} was given {num_classes} class counts, but the model's logits have "
+            f"{logits.shape[-1]} classes: pass one count per class of the model"
+        )

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from focalsam.errors import InputError
+from focalsam.train.paths import file_mode
 
 __all__ = [
     "CORRUPTIONS",
@@ -338,6 +339,7 @@ class CorruptionCache:
         meta = np.array(self._meta(images_digest, corruption, severity, seed))
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         try:
+            os.fchmod(fd, file_mode())  # the user's umask, not mkstemp's 0600
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, images=images, meta=meta)
                 f.flush()

@@ -23,6 +23,8 @@ from focalsam.metrics import shot_groups
 from focalsam.names import normalize_name
 from focalsam.train.epoch import evaluate
 from focalsam.train.evaluation import LoadedRun, load_run
+from focalsam.train.paths import check_output_folder
+from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import atomic_write
 
 GROUPS = ("overall", "many", "medium", "few")
@@ -78,9 +80,10 @@ def evaluate_corruptions(
     """Evaluate a run under corruptions; writes ``out/corruptions.json`` and ``.png``."""
     from focalsam.robustness.corruptions import CORRUPTIONS
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    out = check_output_folder(out, "--out", "eval")
+    if cache is not None:
+        check_output_folder(cache, "--cache", "eval")
+    refuse_if_held(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent, "eval")
     wanted = list(names) if names else list(CORRUPTIONS)
     unknown = [n for n in wanted if n not in CORRUPTIONS]
     if unknown:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from focalsam.errors import CheckpointError, CheckpointWriteError
+from focalsam.train.paths import file_mode
 
 __all__ = [
     "CheckpointError",
@@ -49,6 +51,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, file_mode())  # the user's umask, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -58,7 +61,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         kept = "; the previous checkpoint was kept" if path.is_file() else ""
-        err = CheckpointWriteError(f"checkpoint {path} could not be written: {reason}{kept}")
+        err = CheckpointWriteError(
+            f"checkpoint {path} could not be written: {reason} ({free_space(path)}){kept}"
+        )
         err.errno = exc.errno
         raise err from exc
     finally:
@@ -66,6 +71,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def free_space(path: Path) -> str:
+    """``N MiB free`` on the disk holding ``path`` (or where that cannot be read)."""
+    folder = next((p for p in [path.parent, *path.parents] if p.is_dir()), Path("."))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"free space at {folder} unknown"
+    return f"{free / 2**20:.1f} MiB free at {folder}"
 
 
 def _first_line(exc: BaseException) -> str:

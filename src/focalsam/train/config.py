@@ -34,6 +34,7 @@ from focalsam.losses.registry import LossOptions
 from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
 from focalsam.optim.method_options import CCSAMOptions, FocalSAMOptions, ImbSAMOptions
+from focalsam.train.limits import load_yaml_text, read_text_limited
 from focalsam.train.presets import get_preset
 from focalsam.train.validation import validate_config
 
@@ -262,7 +263,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"overrides must be KEY=VALUE, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml_text(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         out[expand_key(key)] = value
@@ -274,7 +275,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml_text(read_text_limited(path, "config file")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML: {first}") from None

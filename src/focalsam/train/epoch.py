@@ -27,7 +27,8 @@ def train_one_epoch(
     progress: Any = None,
     all_sum: Callable[[Tensor], Tensor] = lambda t: t,
     skipped: Callable[[], Any] | None = None,
-) -> dict[str, float]:
+    initial: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run ``step_fn`` over the batches of this epoch from ``start_step`` on.
 
     ``after_step(step)`` is called after each step; returning True stops the epoch
@@ -38,8 +39,16 @@ def train_one_epoch(
     bad label, checked without a host sync): asked once, at the end, where the epoch
     syncs anyway. A NaN/inf raises :class:`~focalsam.errors.TrainingDiverged` with its
     0-based ``step`` set: the optimizer's own error, or one naming the first skip.
+
+    ``initial``: the running sums of this epoch's steps before ``start_step`` (a resumed
+    epoch; give it on one process only), as the ``"sums"`` entry returned here holds them:
+    the steps after it add on in the same order, so the epoch's row is the one an
+    uninterrupted epoch gives. Returns those sums as ``"sums"`` (loss sum, correct, images,
+    seconds, over every process).
     """
     totals: Tensor | None = None  # loss sum, correct, images: summed on the device, no sync
+    if initial is not None:
+        totals = torch.tensor(initial["totals"], dtype=torch.float64)
     done = start_step
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(itertools.islice(iter(loader), start_step, None), start_step):
@@ -55,6 +64,8 @@ def train_one_epoch(
                 losses.new_tensor(y.shape[0], dtype=torch.float64),
             ]
         )
+        if totals is not None and totals.device != batch.device:  # resumed sums: host first
+            totals = totals.to(batch.device)
         totals = batch if totals is None else totals + batch
         done = step + 1
         if progress is not None:
@@ -62,7 +73,7 @@ def train_one_epoch(
         if after_step(step):
             break
     report = skipped() if skipped is not None else None
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 + (float(initial["seconds"]) if initial else 0.0)
     totals = totals if totals is not None else torch.zeros(3, dtype=torch.float64)
     count = 0 if report is None else report.count
     stats = all_sum(torch.cat([totals, totals.new_tensor([count])]))
@@ -83,6 +94,7 @@ def train_one_epoch(
         "steps": float(done),
         "epoch_seconds": elapsed,
         "images_per_second": images / max(elapsed, 1e-9),
+        "sums": {"totals": [float(v) for v in stats[:3]], "seconds": elapsed},
     }
 
 

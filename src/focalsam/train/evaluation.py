@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint
+from focalsam.train.checkpoint_fields import check_finite_weights
 from focalsam.train.config import TrainConfig
 from focalsam.train.data_setup import TrainData, build_data
 from focalsam.train.epoch import evaluate
@@ -49,6 +50,8 @@ def load_run(run: str | Path, checkpoint: str = "last", device: str | None = Non
     rt = Runtime(cfg.run.device, cfg.run.precision)
     try:
         payload = load_checkpoint(path, map_location=rt.device)
+        if isinstance(payload.get("model"), dict):
+            check_finite_weights(payload, path)
         data = build_data(cfg, rt.device, rt.rank, rt.world)
         model = build_model(cfg, data, rt.device, text_init=False)
         try:

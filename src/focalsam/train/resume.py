@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from focalsam.train.config import (
     make_config,
     to_dict,
 )
+from focalsam.train.limits import loads_json
 
 #: keys a resume may change: how the run is carried out, never what it computes
 #: (``train.epochs`` extends or shortens the run; the lr schedule follows the new length)
@@ -66,7 +66,7 @@ def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, di
     the config and this resume's changes (key -> new value)."""
     cfg = load_run_config(run)
     new = {expand_key(k): v for k, v in overrides.items()}
-    refused = sorted(k for k in new if k not in RESUMABLE)
+    refused = sorted(k for k in new if k not in RESUMABLE or k == "run.dir")
     if refused:
         allowed = ", ".join(sorted(RESUMABLE - {"run.dir"}))
         raise ConfigError(
@@ -78,7 +78,7 @@ def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, di
     if log.is_file():  # a length set by an earlier resume stays the run's length
         for line in log.read_text().splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                changes = json.loads(line)["changes"]
+                changes = loads_json(line, str(log))["changes"]
                 earlier.update({k: v for k, v in changes.items() if k == "train.epochs"})
     before = flatten(to_dict(cfg)) | earlier
     changes = {k: v for k, v in new.items() if before.get(k) != v}
@@ -101,3 +101,42 @@ def resume_record(epoch: int, step: int, changes: dict[str, Any]) -> dict[str, A
         "from_step": step,
         "changes": changes,
     }
+
+
+def _last_record(log: Path) -> dict[str, Any] | None:
+    """The last well-formed line of ``resumes.jsonl`` (None: no file or no such line)."""
+    if not log.is_file():
+        return None
+    last = None
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = loads_json(line, str(log))
+            last = record if isinstance(record, dict) else last
+    return last
+
+
+def check_resume_agrees(
+    path: Path, ckpt: dict[str, Any], cfg: TrainConfig, changes: dict[str, Any]
+) -> None:
+    """Refuse a resume whose length (``config.yaml`` with the lengths of ``resumes.jsonl``)
+    disagrees with the checkpoint's own, unless this resume sets ``epochs`` itself or the
+    last resume record (made after this checkpoint) explains it."""
+    config = ckpt.get("config")
+    train = config.get("train") if isinstance(config, dict) else None
+    saved = train.get("epochs") if isinstance(train, dict) else None
+    if "train.epochs" in changes or saved is None or saved == cfg.train.epochs:
+        return
+    record = _last_record(path.parent / "resumes.jsonl")
+    if (
+        record is not None
+        and (record.get("from_epoch"), record.get("from_step"))
+        == (ckpt.get("epoch"), ckpt.get("step_in_epoch"))
+        and isinstance(record.get("changes"), dict)
+        and record["changes"].get("train.epochs") == cfg.train.epochs
+    ):
+        return  # resumed with a new length and stopped before the next checkpoint
+    raise ConfigError(
+        f"{path.parent}'s config.yaml and resumes.jsonl give train.epochs={cfg.train.epochs}, "
+        f"but {path} was saved with {saved}: one was edited by hand (give epochs=N on "
+        "--resume to choose the length)"
+    )

@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 
 from focalsam.errors import InputError, RunDirError
+from focalsam.train.paths import file_mode, refuse_symlink
+from focalsam.train.runlock import RunLock
 
 CSV_COLUMNS = (
     "epoch",
@@ -57,6 +60,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise InputError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"run.device={name!r} asked for, but CUDA is not available here")
+    if device.type not in ("cpu", "cuda", "meta"):
+        backend = getattr(torch, device.type, None) or getattr(torch.backends, device.type, None)
+        available = getattr(backend, "is_available", lambda: False)
+        if not available():
+            raise InputError(
+                f"run.device={name!r} asked for, but {device.type} is not available here "
+                "(use auto, cpu or cuda)"
+            )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
@@ -145,6 +156,7 @@ def atomic_write(path: Path, data: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the file from others
             with os.fdopen(fd, "w") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -156,12 +168,14 @@ def atomic_write(path: Path, data: str) -> None:
 
 
 class RunDir:
-    """A run's folder; one run owns it. Writes happen on rank 0 only."""
+    """A run's folder; one live process owns it (:class:`~focalsam.train.runlock.RunLock`,
+    taken by :meth:`create` and dropped by :meth:`close`). Writes happen on rank 0 only."""
 
     def __init__(self, path: Path, *, is_main: bool = True) -> None:
         self.path = path
         self.is_main = is_main
         self._tb: Any = None
+        self.lock = RunLock(path)
 
     def check_new(self) -> None:
         """Refuse a folder that already holds files (another run's, or anything)."""
@@ -175,13 +189,22 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable (at {parent})")
 
     def create(self) -> None:
-        if self.is_main:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunDirError(
-                    f"cannot create run directory {self.path}: {exc.strerror or exc}"
-                ) from None
+        """Create the folder (if new) and take its lock, before anything is written in it;
+        a stale lock (its process gone) is taken over with a one-line warning."""
+        if not self.is_main:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            stale = self.lock.acquire()
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot create run directory {self.path}: {exc.strerror or exc}"
+            ) from None
+        if stale is not None:
+            warnings.warn(
+                f"took over the stale lock of {self.path} left by {stale} (that process is gone)",
+                stacklevel=2,
+            )
 
     def write_text(self, name: str, text: str) -> None:
         if self.is_main:
@@ -190,8 +213,10 @@ class RunDir:
     def append_line(self, name: str, line: str) -> None:
         if not self.is_main:
             return
+        refuse_symlink(self.path / name, "training")
         try:
-            with open(self.path / name, "a") as f:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            with os.fdopen(os.open(self.path / name, flags, 0o666), "a") as f:
                 f.write(line.rstrip("\n") + "\n")
         except OSError as exc:
             raise RunDirError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
@@ -216,6 +241,7 @@ class RunDir:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 return
+            refuse_symlink(self.path / "tensorboard", "training")
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
         for key, value in row.items():
             if isinstance(value, int | float) and key != "epoch":
@@ -226,3 +252,4 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        self.lock.release()

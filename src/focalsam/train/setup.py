@@ -17,16 +17,21 @@ from torch import nn
 from focalsam.losses import LongTailLoss
 from focalsam.optim import canonical_name
 from focalsam.train.checkpoint import CheckpointError, check_finite_state
+from focalsam.train.checkpoint_fields import check_fields, check_finite_weights, check_position
 from focalsam.train.config import ConfigError, TrainConfig, config_yaml, to_dict
 from focalsam.train.data_setup import TrainData, build_data
+from focalsam.train.limits import check_batch_fits, check_config_limits
 from focalsam.train.model_setup import (
     build_model,
     describe_counts,
+    is_clip,
     load_model_state,
     model_state,
     parameter_counts,
 )
+from focalsam.train.paths import refuse_symlink
 from focalsam.train.resume import experiment_changes, resume_record
+from focalsam.train.runlock import refuse_if_held
 from focalsam.train.runtime import RunDir, Runtime
 from focalsam.train.stages import build_stages
 
@@ -74,6 +79,8 @@ class RunParts:
     ) -> None:
         """Create the run directory with its config; a resume instead rewrites the metrics
         from the checkpoint's history and records its changes in ``resumes.jsonl``."""
+        for name in ("resumes.jsonl", "tensorboard"):  # never write through a planted link
+            refuse_symlink(self.run_dir.path / name, "training")
         self.run_dir.create()
         if resumed is None:
             self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
@@ -153,11 +160,14 @@ def build_run(
     checkpoint: dict[str, Any] | None = None,
 ) -> RunParts:
     """Every part of the run; raises before anything is written if any input is bad."""
+    check_config_limits(cfg, clip=is_clip(cfg))
     if resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         cfg.run.dir = str(folder)
         assert checkpoint is not None
         _check_same_experiment(checkpoint, cfg, folder)
+        check_finite_weights(checkpoint, folder / "last.pt")
+        refuse_if_held(folder, "--resume")
         run_dir = RunDir(folder, is_main=rt.is_main)
     else:
         path = Path(cfg.run.dir) if cfg.run.dir else rt.broadcast(default_run_dir(cfg))
@@ -165,6 +175,9 @@ def build_run(
         run_dir.check_new()
         cfg.run.dir = str(path)
     data = build_data(cfg, rt.device, rt.rank, rt.world)
+    stage_2 = canonical_name(cfg.optim.name) == "ccsam"
+    what = "the training set" + (" (also CC-SAM's stage 2 batches)" if stage_2 else "")
+    check_batch_fits(cfg.train.batch_size, int(sum(data.class_counts)), rt.world, what)
     steps = len(data.train)
     if steps == 0:
         raise ConfigError(
@@ -199,6 +212,7 @@ def _check_same_experiment(ckpt: dict[str, Any], cfg: TrainConfig, folder: Path)
             f"{folder / 'last.pt'} was not written by this version of focalsam "
             f"(format {ckpt.get('format')!r}, expected {FORMAT!r})"
         )
+    check_fields(ckpt, folder / "last.pt")
     changed = experiment_changes(ckpt["config"], to_dict(cfg))
     if changed:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
@@ -218,6 +232,7 @@ def to_payload(trainer: Any) -> dict[str, Any]:
         "step_in_epoch": trainer.step_in_epoch,
         "best": trainer.best,
         "history": trainer.history,
+        "epoch_partial": trainer.epoch_partial,
         "config": to_dict(trainer.cfg),
     }
 
@@ -225,7 +240,15 @@ def to_payload(trainer: Any) -> dict[str, Any]:
 def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
     """Load ``ckpt`` into the trainer's parts; the lr schedule is replayed when the run's
     length changed on resume (it follows the new length from the current step)."""
-    stages = trainer.parts.stages
+    stages, p = trainer.parts.stages, trainer.parts
+    total = sum(s.epochs for s in stages)
+    epoch = ckpt["epoch"]
+    steps = (
+        len(p.loader(p.stage_at(epoch)[0].loader_name, p.stage_at(epoch)[1]))
+        if epoch < total
+        else 0
+    )
+    check_position(ckpt, p.run_dir.path / "last.pt", total, steps)
     same_length = ckpt["config"]["train"]["epochs"] == trainer.cfg.train.epochs
     try:
         load_model_state(trainer.model, ckpt, "the checkpoint")
@@ -241,6 +264,7 @@ def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
     trainer.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
     trainer.best = ckpt.get("best")
     trainer.history = list(ckpt.get("history", []))
+    trainer.epoch_partial = ckpt.get("epoch_partial") if trainer.step_in_epoch else None
     if not same_length:
         first = stages[0]
         done = min(trainer.epoch, first.epochs) * len(trainer.parts.data.train)

@@ -12,6 +12,7 @@ from focalsam.train.checkpoint import load_checkpoint, save_checkpoint
 from focalsam.train.config import TrainConfig, to_dict
 from focalsam.train.epoch import evaluate, train_one_epoch
 from focalsam.train.report import build_report, epoch_line
+from focalsam.train.resume import check_resume_agrees
 from focalsam.train.runtime import Runtime
 from focalsam.train.setup import RunParts, build_run, restore, to_payload
 
@@ -38,17 +39,24 @@ class Trainer:
         self.rt = Runtime(cfg.run.device, cfg.run.precision)
         self.on_step, self._log = on_step, log
         try:
-            ckpt = load_checkpoint(_checkpoint_path(Path(resume))) if resume else None
+            ckpt_path = _checkpoint_path(Path(resume)) if resume else None
+            ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+            if ckpt_path is not None and ckpt is not None:
+                check_resume_agrees(ckpt_path, ckpt, cfg, resume_changes or {})
             self.parts: RunParts = build_run(cfg, self.rt, resume=resume, checkpoint=ckpt)
             self.cfg, self.run_dir, self.model = cfg, self.parts.run_dir.path, self.parts.model
             self.epoch, self.step_in_epoch = 0, 0
             self.best: dict[str, Any] | None = None
             self.history: list[dict[str, Any]] = []
+            #: an interrupted epoch's row so far (its start and running sums), or None
+            self.epoch_partial: dict[str, Any] | None = None
             if ckpt is not None:
                 restore(self, ckpt)
             resumed = None if ckpt is None else (self.epoch, self.step_in_epoch, self.history)
             self.parts.open_run_dir(resumed, resume_changes or {})
         except BaseException:
+            if hasattr(self, "parts"):
+                self.parts.run_dir.close()  # drops the run folder's lock
             self.rt.close(clean=False)  # a failed set-up must not leave the group to die at exit
             raise
 
@@ -72,12 +80,24 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train every stage to its end, evaluating every ``eval_every`` epochs and at the end."""
+        p = self.parts
+        p.run_dir.create()  # the lock is held from set-up to the end of fit (again if re-run)
+        try:
+            return self._fit()
+        finally:
+            p.run_dir.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         p, cfg = self.parts, self.cfg
         self.log(p.describe(self.epoch, self.step_in_epoch))
         with self.rt.signals():
             while self.epoch < self.total_epochs:
                 stage, stage_epoch = p.stage_at(self.epoch)
                 row: dict[str, Any] = {"epoch": self.epoch + 1, **stage.start_epoch(stage_epoch)}
+                partial = self.epoch_partial if self.step_in_epoch > 0 else None
+                if partial is not None:  # the row as it began, not as of the resume
+                    row |= partial["row"]
+                start_row = dict(row)
                 loader = p.loader(stage.loader_name, stage_epoch)
                 self.steps_in_epoch = len(loader)
                 try:
@@ -92,14 +112,18 @@ class Trainer:
                             progress=bar,
                             all_sum=self.rt.all_sum,
                             skipped=stage.skipped_steps,
+                            initial=partial if self.rt.is_main else None,
                         )
+                    sums = row.pop("sums")
                 except TrainingDiverged as exc:  # the one error, told where it happened
                     exc.epoch, exc.kept = self.epoch + 1, p.kept_checkpoint()
                     raise
                 if self.rt.stop_reason is not None and self.step_in_epoch < len(loader):
+                    self.epoch_partial = {**sums, "row": start_row}
                     self._save(f"epoch {self.epoch + 1}")
                     self._interrupted(f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self.epoch_partial = None
                 if self.epoch % cfg.train.eval_every == 0 or self.epoch in p.eval_epochs():
                     result = evaluate(
                         self.model, p.data.test, p.data.new_metric(), self.rt.autocast
@@ -119,7 +143,14 @@ class Trainer:
                 self.log(epoch_line(row, self.total_epochs))
                 if self.rt.stop_reason is not None:
                     self._interrupted(f"after epoch {self.epoch}")
-        return self.report()
+        try:
+            return self.report()
+        except KeyboardInterrupt:  # SIGINT/SIGTERM after the loop, while writing the report
+            raise TrainingInterrupted(
+                f"interrupted after the last epoch: {self.run_dir / 'last.pt'} holds all "
+                f"{self.epoch} epochs, report.json was not written; write it with "
+                f"focalsam train --resume {self.run_dir}"
+            ) from None
 
     def _save(self, when: str, name: str = "last.pt") -> None:
         bad = self.parts.non_finite_weights()

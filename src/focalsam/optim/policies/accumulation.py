@@ -36,6 +36,7 @@ from focalsam.optim.policies.syncfree import ASCENT, PERTURBED_LOSS, StepGuard
 from focalsam.optim.sample_weights import SampleWeights, Weight, weighted_mean
 from focalsam.optim.validators import (
     MicroBatch,
+    check_logits_width,
     check_losses,
     check_perturbed_losses,
     check_targets,
@@ -101,6 +102,7 @@ class Accumulator:
             with self.ddp.context(sync=(self.weights.sharp_is_zero or not sharp) and k == last):
                 out = closure()
                 losses = losses_of(out)
+                check_logits_width(out, self.weights.num_classes, self.owner)
                 if sharp:
                     self.clean(st, losses, targets, last=k == last)
                 else:

@@ -1,0 +1,98 @@
+"""Disk full and other OS errors end in one line naming the path (free space for a
+checkpoint) and keep the previous checkpoint; a full stdout is one line; an interrupt
+after the training loop gives 130 and says what was saved."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from focalsam.cli import main
+from focalsam.errors import RunError
+from focalsam.train import load_checkpoint
+from focalsam.train.checkpoint import CheckpointWriteError
+
+QUIET = ["progress=false", "tensorboard=false"]
+TRAIN = ["train", "--preset", "demo", "--epochs", "1", "model=mlp", *QUIET]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import focalsam.train.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the checkpoint of epoch 2
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    run = tmp_path / "run"
+    rc = main([*TRAIN, "--epochs", "2", f"run_dir={run}"])
+    err = _lines(capsys.readouterr().err)
+    # exit 1 once CheckpointWriteError is a RunError; 2 while it is still an InputError
+    assert rc == (1 if issubclass(CheckpointWriteError, RunError) else 2)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert str(run / "last.pt") in err[0] and "No space left on device" in err[0]
+    assert "MiB free at" in err[0] and "previous checkpoint was kept" in err[0]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_name_over_the_os_limit_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main([*TRAIN, f"run_dir={tmp_path / ('x' * 300)}"])
+    err = _lines(capsys.readouterr().err)
+    assert rc in (1, 2) and len(err) == 1 and "File name too long" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_stdout_is_one_line():
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "focalsam", "presets"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    err = _lines(proc.stderr)
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert "cannot write to standard output" in err[0]
+
+
+def test_sigterm_after_the_training_loop_gives_130_saying_what_was_saved(
+    tmp_path, monkeypatch, capsys
+):
+    import focalsam.train.trainer as trainer
+
+    real = trainer.build_report
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the report is being made
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "build_report", terminated)
+    run = tmp_path / "run"
+    assert main([*TRAIN, f"run_dir={run}"]) == 130
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "holds all 1 epochs" in err[0] and "--resume" in err[0], err
+    assert not (run / "report.json").exists()
+    monkeypatch.setattr(trainer, "build_report", real)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "report.json").is_file()
