@@ -3,7 +3,7 @@
 Focal-SAM (ICML 2025) penalises the class-wise sharpness
 ``S_i(theta) = L^i(theta + eps) - L^i(theta)`` with one shared
 ``eps = rho * g_b / ||g_b||``, ``g_b`` the gradient of the loss weighted per sample by
-``c(y) = lam * (1 - pi_y) ** gamma`` (DESIGN section 3). These functions measure such
+``c(y) = lam * (1 - pi_y) ** gamma`` (docs/design.md, "Focal-SAM"). These functions measure such
 quantities on any model, loss and data:
 
 * :func:`sam_sharpness` -- ``L(theta + rho * a / ||a||) - L(theta)`` for each ``rho``,
