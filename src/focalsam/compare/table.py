@@ -25,6 +25,7 @@ LABELS = {
     "imbsam": "ImbSAM",
     "focal_sam": "Focal-SAM",
     "ccsam": "CC-SAM",
+    "sse_sam": "SSE-SAM",
 }
 
 

@@ -436,3 +436,27 @@ __all__ = [
     "register_optimizer",
     "resolve_base_optimizer",
 ]
+
+# SSE-SAM: the group-wise rule (head and tail apart); its options live in its own module.
+from focalsam.optim.sse_sam import SSESAM, SSESAMOptions  # noqa: E402
+
+register_method(
+    MethodSpec(
+        "sse_sam",
+        SSESAM,
+        "SSE-SAM (Lyu et al. AAAI 2025): head and tail perturbed apart, head stops at gamma",
+        options=SSESAMOptions,
+        settings=(
+            "bn_update",
+            "ascent_all_reduce",
+            "max_grad_norm",
+            "model",
+            "strict_checks",
+            "sam_every",
+        ),
+        needs_class_counts=True,
+        aliases=("ssesam",),
+        accumulates=False,
+    )
+)
+__all__ += ["SSESAMOptions"]
