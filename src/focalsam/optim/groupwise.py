@@ -59,6 +59,7 @@ from focalsam.optim.wrapper import (
     WrappedOptimizer,
     _validate_bn_update,
     _validate_max_grad_norm,
+    _validate_rho,
 )
 
 BatchNormUpdate = Literal["both", "clean"]
@@ -116,6 +117,7 @@ class GroupwiseSAM(WrappedOptimizer):
             ``G`` fixed radii (:class:`FixedRadii`).
         clean_weight: ``c``, the weight of the whole batch's clean gradient.
         group_weight: ``w``, the weight of the group terms.
+        rho: the parameter groups' default ``rho``, the factor of every radius.
         model: the module being trained: for ``bn_update="clean"`` and for DDP (its
             ``no_sync`` keeps every backward but the step's last from all-reducing).
         bn_update: ``"both"`` updates BatchNorm statistics in every forward pass;
@@ -157,6 +159,7 @@ class GroupwiseSAM(WrappedOptimizer):
         radius: GroupRadius | Sequence[float],
         clean_weight: float = 0.0,
         group_weight: float = 1.0,
+        rho: float = 1.0,
         model: nn.Module | None = None,
         bn_update: BatchNormUpdate = "both",
         ascent_all_reduce: bool = False,
@@ -204,7 +207,8 @@ class GroupwiseSAM(WrappedOptimizer):
         self.clean_weight = float(clean_weight)
         self.group_weight = float(group_weight)
 
-        self._wrap(params, base_optimizer, {"rho": 1.0}, base_kwargs)
+        _validate_rho(rho)
+        self._wrap(params, base_optimizer, {"rho": rho}, base_kwargs)
         self.model = model
         self.bn_update: BatchNormUpdate = bn_update
         self.ascent_all_reduce = ascent_all_reduce
