@@ -451,3 +451,9 @@ def test_compare_smoke_with_sse_sam(tmp_path):
     forward, backward = report["passes_per_step"]
     assert 1 <= forward <= 3 and 1 <= backward <= 4 and backward >= forward
     assert "SSE-SAM" in (out / "compare.md").read_text()
+
+
+def test_a_captured_step_is_refused_up_front(tmp_path):
+    # its passes depend on the classes of each batch, read on the host
+    with pytest.raises(ConfigError, match="cannot capture a step with sse_sam"):
+        demo_config(tmp_path / "r", optimizer="sse_sam", cuda_graph=True, device="cuda")

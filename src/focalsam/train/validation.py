@@ -86,7 +86,10 @@ def check_cuda_graph(cfg: Any) -> None:
         (o.strict_checks is True, "optim.strict_checks=true (eager checks sync)"),
         (o.sam_every != 1, "optim.sam_every > 1"),
         (cfg.train.accum_steps != 1, "train.accum_steps > 1"),
-        (canonical_name(o.name) == "ccsam", "ccsam (its passes depend on the batch's classes)"),
+        (
+            get_method(o.name).passes is None,
+            f"{canonical_name(o.name)} (its passes depend on the batch's classes)",
+        ),
         (r.compile, "run.compile (choose one of compile and cuda_graph)"),
         (r.device == "cpu", "device=cpu"),
     ]
