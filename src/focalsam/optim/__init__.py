@@ -34,6 +34,7 @@ from focalsam.optim.errors import (
     StepOrderError,
 )
 from focalsam.optim.focal_sam import FocalSAM
+from focalsam.optim.groupwise import GroupwiseSAM
 from focalsam.optim.imbsam import ImbSAM
 from focalsam.optim.registry import (
     BASE_OPTIMIZERS,
@@ -52,6 +53,7 @@ from focalsam.optim.registry import (
     resolve_base_optimizer,
 )
 from focalsam.optim.sam import SAM, PlainOptimizer
+from focalsam.optim.sse_sam import SSESAM, SSESAMOptions
 
 __all__ = [
     "AccumulationError",
@@ -68,6 +70,9 @@ __all__ = [
     "register_method",
     "CCSAMStage2",
     "SAM",
+    "SSESAM",
+    "SSESAMOptions",
+    "GroupwiseSAM",
     "SkipReport",
     "ClassCountsError",
     "FocalSAM",

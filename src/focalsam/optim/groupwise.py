@@ -347,7 +347,10 @@ class GroupwiseSAM(WrappedOptimizer):
         )
         if clean_ran:
             with self._context(sync=not perturbed):
-                backward_fn(_scaled(torch.dot(losses, clean) / size, scaler), retain_graph=True)
+                backward_fn(
+                    _scaled(torch.dot(losses, clean) / size, scaler),
+                    retain_graph=bool(perturbed),  # the groups' gradients need the graph
+                )
         if not perturbed:
             if distributed() and getattr(self.model, "no_sync", None) is not None:
                 _average_grads(params)  # the clean forward ran under no_sync
