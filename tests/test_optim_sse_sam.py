@@ -457,3 +457,37 @@ def test_a_captured_step_is_refused_up_front(tmp_path):
     # its passes depend on the classes of each batch, read on the host
     with pytest.raises(ConfigError, match="cannot capture a step with sse_sam"):
         demo_config(tmp_path / "r", optimizer="sse_sam", cuda_graph=True, device="cuda")
+
+
+def test_the_cifar100_comparison_is_one_valid_command():
+    from focalsam.compare import CompareSpec
+
+    spec = CompareSpec.create(
+        "cifar100-lt-r100", "sgd,sam,imbsam,sse_sam,focal_sam", "0", ["loss=ce"]
+    )
+    assert spec.optimizers == ("plain", "sam", "imbsam", "sse_sam", "focal_sam")
+    cfg = spec.run_config("sse_sam", 0, Path("unused"))
+    assert (cfg.loss.name, cfg.optim.sse_sam.eta, cfg.optim.sse_sam.gamma) == ("ce", 100.0, 0.7)
+
+
+def test_sam_every_off_steps_are_plain_and_the_count_is_saved():
+    x, y = tiny_batches(1)[0]
+    a, b = tiny_model(batchnorm=False), tiny_model(batchnorm=False)
+    opt_a = sse(a, sam_every=2)
+    opt_a.step(ce(a, x, y), y)  # step 0: sharpness-aware
+    saved = checkpoint_roundtrip({"o": opt_a.state_dict()})["o"]
+    b.load_state_dict(a.state_dict())
+    opt_b = sse(b, sam_every=2)
+    opt_b.load_state_dict(checkpoint_roundtrip({"o": saved})["o"])  # its own tensors
+    before = [p.detach().clone() for p in b.parameters()]
+    opt_b.step(ce(b, x, y), y)  # step 1: one pass with eps = 0, as SGD would take
+    plain = tiny_model(batchnorm=False)
+    with torch.no_grad():
+        for p, q in zip(plain.parameters(), before):
+            p.copy_(q)
+    sgd = torch.optim.SGD(plain.parameters(), **SGD)
+    sgd.load_state_dict({"state": saved["state"], "param_groups": [{**saved["param_groups"][0]}]})
+    F.cross_entropy(plain(x), y).backward()
+    sgd.step()
+    assert max_diff(b, plain) < 1e-12
+    assert opt_b.pass_counts == {"steps": 2, "forward": 4, "backward": 5}
