@@ -442,11 +442,6 @@ class GroupwiseSAM(WrappedOptimizer):
             return contextlib.nullcontext()
         return no_sync()
 
-    def _manual_sync_needed(self) -> bool:
-        """No perturbed pass ran: the clean forward ran under ``no_sync``, so its
-        gradient is averaged by hand (a DDP model only; a plain one is never synced)."""
-        return getattr(self.model, "no_sync", None) is not None
-
 
 def _checked_radius(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
