@@ -1,4 +1,4 @@
-"""Cost of one optimizer step: SGD, SAM, ImbSAM, Focal-SAM and CC-SAM, eager, compiled
+"""Cost of one optimizer step: SGD, SAM, ImbSAM, Focal-SAM, CC-SAM and SSE-SAM, eager, compiled
 and captured, on ResNet-32 (CIFAR shape) or CLIP ViT-B/16 + AdaptFormer.
 
 Every (method, mode) runs on its own model with the same initial weights and batch,
@@ -20,6 +20,7 @@ forward and backward only). The last two need CUDA and are reported as skipped e
         --mode eager,compiled,captured,reduce_overhead --strict --json
     python benchmarks/step_cost.py --model vit_b16 --device cuda     # bf16, batch 128
     python benchmarks/step_cost.py --ccsam     # + CC-SAM vs Focal-SAM, CIFAR-100 shape
+    python benchmarks/step_cost.py --sse-sam   # + SSE-SAM before/after its cut vs SGD, SAM
 
 ``--model small_cnn``: the two-layer demo CNN at 16 px (smoke runs).
 ``--model vit_b16``: random-weights CLIP ViT-B/16 with AdaptFormer at 224 px, bf16
@@ -30,6 +31,10 @@ With ``--ccsam`` a second section runs on CIFAR-100-LT-shaped batches (100
 classes, counts 500 ... 5): SGD, Focal-SAM and CC-SAM in both modes (public
 code: classifier-only perturbation; paper: whole network), with forward and
 backward passes counted by hooks.
+
+With ``--sse-sam`` a section on the same CIFAR-100-LT-shaped batches times SGD, SAM,
+ImbSAM and SSE-SAM (eta 100, radii 0.05 / 0.10) before and after its cut, with ratios
+to SGD and to SAM and the passes counted by hooks.
 """
 
 from __future__ import annotations
@@ -112,6 +117,59 @@ def ccsam_section(
         "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
         "ratio_to_sgd": {k: round(v / med["sgd"], 3) for k, v in med.items()},
         "ratio_to_focal_sam": {k: round(v / med["focal_sam"], 3) for k, v in med.items()},
+        "passes_per_step": passes,
+    }
+
+
+def sse_sam_section(
+    batch_size: int, device: torch.device, rounds: int, warmup: int, seed: int = 0
+) -> dict:
+    """SGD, SAM, ImbSAM and SSE-SAM before and after its cut (CIFAR-100-LT r100 settings:
+    eta 100, rho_head 0.05, rho_tail 0.10) on one 100-class long-tailed batch, with the
+    forward and backward passes of one step counted by hooks."""
+    x, y = long_tailed_batch(batch_size, COUNTS100, device, seed)
+    sse = {"class_counts": COUNTS100, "eta": 100.0, "rho_head": 0.05, "rho_tail": 0.1}
+    methods: dict[str, tuple[str, dict[str, Any], int | None]] = {
+        "sgd": ("plain", {}, None),
+        "sam": ("sam", {"rho": 0.05}, None),
+        "imbsam": ("imbsam", {"rho": 0.1, "class_counts": COUNTS100, "eta": 100.0}, None),
+        # set_epoch(epoch, 10) with gamma 0.7: epoch 0 before the cut, epoch 7 after it
+        "sse_sam_before_cut": ("sse_sam", {**sse, "gamma": 0.7}, 0),
+        "sse_sam_after_cut": ("sse_sam", {**sse, "gamma": 0.7}, 7),
+    }
+    steps, passes = {}, {}
+    for label, (name, kw, epoch) in methods.items():
+        torch.manual_seed(seed)
+        model = resnet32(num_classes=100).to(device)
+        opt: Any = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
+        if epoch is not None:
+            opt.set_epoch(epoch, 10)
+        count = dict.fromkeys(("forward", "backward"), 0)
+
+        def counter(key: str, c: dict[str, int] = count) -> Callable[..., None]:
+            return lambda *_: c.__setitem__(key, c[key] + 1)
+
+        model.register_forward_hook(counter("forward"))
+        model.conv1.weight.register_hook(counter("backward"))
+
+        def step(model=model, opt=opt) -> None:
+            opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
+
+        step()
+        passes[label] = dict(count)
+        steps[label] = step
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    med = interleaved_medians(steps, device, rounds)
+    tail = sum(1 for n in COUNTS100 if n < 100)
+    return {
+        "classes": 100,
+        "tail_classes": tail,
+        "tail_samples_in_batch": int(sum(int(COUNTS100[c] < 100) for c in y.tolist())),
+        "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
+        "ratio_to_sgd": {k: round(v / med["sgd"], 3) for k, v in med.items()},
+        "ratio_to_sam": {k: round(v / med["sam"], 3) for k, v in med.items()},
         "passes_per_step": passes,
     }
 
@@ -266,6 +324,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ccsam", action="store_true", help="add the CC-SAM section (slow on a CPU)")
     p.add_argument("--ccsam-rounds", type=int, default=3)
+    p.add_argument(
+        "--sse-sam",
+        action="store_true",
+        help="add the SSE-SAM section (before and after its cut, vs SGD, SAM, ImbSAM)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     bad = [m for m in args.mode.split(",") if m not in MODES]
@@ -314,6 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.ccsam:
         out["ccsam"] = ccsam_section(sizes[0], device, args.ccsam_rounds, warmup=1)
+    if args.sse_sam:
+        out["sse_sam"] = sse_sam_section(sizes[0], device, args.rounds, warmup=1)
     return out
 
 
@@ -351,6 +416,8 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"Focal-SAM sync-free / strict: {b['syncfree_over_strict']:.3f}")
         for label, why in b["skipped"].items():
             print(f"skipped {label}: {why}")
+    if "sse_sam" in r:
+        print_sse_sam(r["sse_sam"])
     if "ccsam" in r:
         c = r["ccsam"]
         print(f"\nCIFAR-100 shape: 100 classes, {c['classes_in_batch']} present in the batch")
@@ -363,6 +430,20 @@ def print_report(r: dict[str, Any]) -> None:
                 f"{name:<18}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_focal_sam'][name]:>9.2f}"
                 f"  {p['forward']}/{p['backward']}; {p['classifier_forward']}/{p['classifier_backward']}"
             )
+
+
+def print_sse_sam(c: dict[str, Any]) -> None:
+    print(
+        f"\nSSE-SAM, CIFAR-100 shape: {c['tail_classes']} of 100 classes are tail (n < 100), "
+        f"{c['tail_samples_in_batch']} tail samples in the batch"
+    )
+    print(f"{'method':<20}{'ms/step':>10}{'x SGD':>8}{'x SAM':>8}  passes fwd/bwd")
+    for name, ms in c["median_ms"].items():
+        p = c["passes_per_step"][name]
+        print(
+            f"{name:<20}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_sam'][name]:>8.2f}"
+            f"  {p['forward']}/{p['backward']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -169,19 +169,28 @@ def test_negative_rho_is_refused(name):
     if "rho" in spec.settings:
         with pytest.raises(InvalidHyperparameterError, match="rho"):
             build_from_spec(name, model, settings={"rho": -0.1})
-    elif spec.options is not None and "rho" in {f.name for f in dataclasses.fields(spec.options)}:
-        options = dataclasses.replace(spec.default_options(), rho=-0.1)
-        with pytest.raises(InvalidHyperparameterError, match="rho"):
-            spec.build(
-                model.parameters(),
-                "sgd",
-                options=options,
-                class_counts=COUNTS if spec.needs_class_counts else None,
-                classifier=model[-1] if spec.needs_classifier else None,
-                lr=0.1,
-            )
+    elif radii := _radius_options(spec):
+        for field_name in radii:  # every radius of the method's own (SSE-SAM: head, tail)
+            options = dataclasses.replace(spec.default_options(), **{field_name: -0.1})
+            with pytest.raises(InvalidHyperparameterError, match=field_name):
+                spec.build(
+                    model.parameters(),
+                    "sgd",
+                    options=options,
+                    class_counts=COUNTS if spec.needs_class_counts else None,
+                    classifier=model[-1] if spec.needs_classifier else None,
+                    lr=0.1,
+                )
     else:
         pytest.skip(f"{name} takes no rho")
+
+
+def _radius_options(spec: Any) -> list[str]:
+    """The method's own radius options: ``rho`` and ``rho_*``."""
+    if spec.options is None:
+        return []
+    names = [f.name for f in dataclasses.fields(spec.options)]
+    return [n for n in names if n == "rho" or n.startswith("rho_")]
 
 
 def _refused(name: str, error: type[Exception], match: str, bad_step: Callable) -> None:

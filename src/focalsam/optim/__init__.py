@@ -36,6 +36,7 @@ from focalsam.optim.errors import (
     StepOrderError,
 )
 from focalsam.optim.focal_sam import FocalSAM
+from focalsam.optim.groupwise import GroupwiseSAM
 from focalsam.optim.imbsam import ImbSAM
 from focalsam.optim.policies.syncfree import SkipReport
 from focalsam.optim.registry import (
@@ -58,6 +59,7 @@ from focalsam.optim.registry import (
     unregister_method,
 )
 from focalsam.optim.sam import SAM, PlainOptimizer
+from focalsam.optim.sse_sam import SSESAM, SSESAMOptions
 from focalsam.optim.validators import validate_ccsam_counts, validate_class_counts
 
 __all__ = [
@@ -85,6 +87,9 @@ __all__ = [
     "optimizer_aliases",
     "register_method",
     "register_optimizer",
+    "SSESAM",
+    "SSESAMOptions",
+    "GroupwiseSAM",
     "resolve_base_optimizer",
     "unregister_method",
     # the per-class weights and CC-SAM's radii

@@ -32,6 +32,7 @@ from focalsam.optim.method_spec import (
     resolve_base_optimizer,
 )
 from focalsam.optim.sam import SAM, PlainOptimizer
+from focalsam.optim.sse_sam import SSESAM, SSESAMOptions
 
 OptimizerFactory = Callable[..., Optimizer]
 
@@ -365,6 +366,30 @@ register_method(
     )
 )
 
+register_method(
+    MethodSpec(
+        "sse_sam",
+        SSESAM,
+        "SSE-SAM (Lyu et al. AAAI 2025): head and tail perturbed apart, head stops at gamma",
+        options=SSESAMOptions,
+        settings=(
+            "bn_update",
+            "ascent_all_reduce",
+            "max_grad_norm",
+            "model",
+            "strict_checks",
+            "sam_every",
+        ),
+        needs_class_counts=True,
+        aliases=("ssesam",),
+        accumulates=False,
+        sync_free=False,
+        capturable=False,
+        not_capturable_because="its passes depend on the groups present in the batch",
+        display_name="SSE-SAM",
+    )
+)
+
 __all__ = [
     "BASE_OPTIMIZERS",
     "CCSAMOptions",
@@ -372,6 +397,7 @@ __all__ = [
     "FocalSAMOptions",
     "ImbSAMOptions",
     "METHODS",
+    "SSESAMOptions",
     "MethodRegistry",
     "MethodSpec",
     "SAM_SETTINGS",

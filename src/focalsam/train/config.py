@@ -34,6 +34,7 @@ from focalsam.losses.registry import LossOptions
 from focalsam.names import normalize_name
 from focalsam.optim import BASE_OPTIMIZERS, canonical_name, get_method, list_optimizers
 from focalsam.optim.method_options import CCSAMOptions, FocalSAMOptions, ImbSAMOptions
+from focalsam.optim.sse_sam import SSESAMOptions
 from focalsam.train.limits import load_yaml_text, read_text_limited
 from focalsam.train.presets import get_preset
 from focalsam.train.validation import validate_config
@@ -121,6 +122,7 @@ class OptimConfig:
     focal_sam: FocalSAMOptions = _section(FocalSAMOptions, "Focal-SAM's options")
     imbsam: ImbSAMOptions = _section(ImbSAMOptions, "ImbSAM's options")
     ccsam: CCSAMOptions = _section(CCSAMOptions, "CC-SAM's options (and its stage 2)")
+    sse_sam: SSESAMOptions = _section(SSESAMOptions, "SSE-SAM's options (head/tail radii, cut)")
     methods: dict[str, Any] = field(
         default_factory=later_method_sections,
         metadata={"help": "the options of methods registered later (plugins), by name"},

@@ -11,6 +11,14 @@ from typing import Any
 
 from focalsam.train.errors import ConfigError
 
+#: SSE-SAM on CIFAR-LT ratio 100: the public code's command for CIFAR-100 (eta 100, radii
+#: 0.05 / 0.10, gamma 0.7). The code splits head and tail by one absolute count
+#: (``n_c < eta``) for both datasets and has no CIFAR-10 radii of its own, so CIFAR-10
+#: takes the same values: eta 100 makes its two rarest classes (83 and 50 images) the
+#: tail; the code's default eta 20 would leave CIFAR-10-LT's tail empty (its rarest
+#: class has 50).
+SSE_SAM_CIFAR = {"eta": 100.0, "rho_head": 0.05, "rho_tail": 0.1, "gamma": 0.7}
+
 
 def _cifar(
     dataset: str, weight_decay: float, focal: dict[str, float], eta: float, ccsam: dict[str, float]
@@ -31,6 +39,8 @@ def _cifar(
             "imbsam": {"eta": eta},
             # CC-SAM's public config at ratio 100 (first version)
             "ccsam": ccsam,
+            # SSE-SAM's published CIFAR-100-LT r100 command (its table uses loss=ce)
+            "sse_sam": SSE_SAM_CIFAR,
         },
         "train": {"epochs": 200, "batch_size": 64, "lr_schedule": "cosine", "eval_every": 10},
     }
@@ -125,6 +135,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "focal_sam": {"gamma": 2.0, "lam": 0.8},
             "imbsam": {"eta": 20.0},
             "ccsam": {"stage2_epochs": 5},
+            # digits at ratio 20 has 124..6 images per class: eta 40 makes the six rarest
+            # the tail, about the share of CIFAR-100-LT's tail at eta 100 (65 of 100)
+            "sse_sam": {"eta": 40.0, "rho_head": 0.05, "rho_tail": 0.1, "gamma": 0.7},
         },
         "train": {"epochs": 30, "batch_size": 64, "lr_schedule": "cosine", "eval_every": 10},
         "run": {"device": "cpu"},

@@ -89,11 +89,25 @@ class OptimizerStage:
         self._captured: Any = None
 
     def start_epoch(self, epoch: int) -> dict[str, Any]:
-        """Set this epoch's rho and loss weights (deferred re-weighting); what to log."""
+        """Set this epoch's rho and loss weights (deferred re-weighting) and tell the
+        optimizer the epoch when it has a schedule of its own (``set_epoch(epoch,
+        epochs)``, e.g. SSE-SAM's stage switch; what it returns is logged); what to log."""
         self.model.train()
         self.loss_fn.set_epoch(epoch)
         rho = self.rho.set_epoch(epoch)
-        return {"stage": 1, "lr": float(self.optimizer.param_groups[0]["lr"]), "rho": rho}
+        row = {"stage": 1, "lr": float(self.optimizer.param_groups[0]["lr"]), "rho": rho}
+        set_epoch = getattr(self.optimizer, "set_epoch", None)
+        if callable(set_epoch):
+            own = set_epoch(epoch, self.epochs)
+            if isinstance(own, dict):
+                row.update(own)
+        return row
+
+    def passes_per_step(self) -> tuple[float, float] | None:
+        """The optimizer's measured mean (forward, backward) passes per step, when it
+        counts them (a rule whose passes depend on the batch), else ``None``."""
+        measured = getattr(self.optimizer, "passes_per_step", None)
+        return measured() if callable(measured) else None
 
     def step_fn(self, epoch: int) -> StepFn:
         model, loss_fn, rt = self.train_model, self.loss_fn, self.rt

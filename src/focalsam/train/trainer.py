@@ -172,8 +172,6 @@ class Trainer:
         """The final figures (last epoch and best test epoch, each labelled), in report.json."""
         import torch
 
-        from focalsam.optim import get_method
-
         p, device = self.parts, self.rt.device
         peak = None  # this process's peak (a resumed run: since the resume)
         if device.type == "cuda":
@@ -187,11 +185,23 @@ class Trainer:
             select=self.cfg.train.select,
             class_counts=p.data.class_counts,
             config=to_dict(self.cfg),
-            passes_per_step=get_method(p.method).passes_per_step(self.cfg.optim.sam_every),
+            passes_per_step=self._passes_per_step(),
             peak_gpu_memory_mb=peak,
         )
         p.run_dir.write_text("report.json", json.dumps(out, indent=2))
         return out
+
+    def _passes_per_step(self) -> tuple[float, float] | None:
+        """(forward, backward) passes per step of the method: its spec's, or, for a rule
+        whose passes depend on the batch, the mean its optimizer measured."""
+        from focalsam.optim import get_method
+
+        fixed = get_method(self.parts.method).passes_per_step(self.cfg.optim.sam_every)
+        if fixed is not None:
+            return fixed
+        measured = getattr(self.parts.stages[0], "passes_per_step", None)
+        mean = measured() if callable(measured) else None
+        return None if mean is None else (round(mean[0], 2), round(mean[1], 2))
 
     def close(self, *, clean: bool = True) -> None:
         """End the process group this trainer started; safe to call twice."""

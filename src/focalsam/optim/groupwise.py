@@ -1,0 +1,487 @@
+"""The group-wise rule: one perturbation per group of samples, each with its own radius.
+
+The classes are split into groups ``k = 0..G-1`` (SSE-SAM: head and tail; CC-SAM's
+network mode: one group per class). For a batch of ``B`` per-sample losses ``l_i``::
+
+    L_k   = (1/B) sum_{i in group k} l_i
+    eps_k = r_k * grad L_k(theta) / ||grad L_k(theta)||
+    g     = c * grad (1/B) sum_i l_i(theta)  +  w * sum_k grad L_k(theta + eps_k)
+    theta <- base_optimizer.step(theta, g)
+
+with ``c = clean_weight`` (0 by default) and ``w = group_weight`` (1 by default). A group
+whose radius is 0 has ``eps_k = 0``: its term is its clean gradient, folded into the
+one clean backward pass, and its perturbed pass is skipped. A group with no sample in
+the batch has ``L_k = 0`` and is skipped too. So a step costs one forward pass at
+``theta`` and, for each group present whose radius is above 0, one backward pass for
+``grad L_k(theta)`` and one forward and one backward pass at ``theta + eps_k``; plus one
+clean backward pass when ``c != 0`` or a group present has radius 0.
+
+The radius ``r_k`` comes from a :class:`GroupRadius` (fixed radii: :class:`FixedRadii`;
+CC-SAM's class-conditioned radius: :mod:`focalsam.optim.ccsam_groupwise`), multiplied
+per tensor by its parameter group's ``rho`` (a schedule on ``rho`` scales every group's
+radius alike).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from focalsam.optim.ascent import TINY
+from focalsam.optim.backward import BackwardFn, default_backward
+from focalsam.optim.buffers import BufferPool, zero_grads
+from focalsam.optim.errors import (
+    InvalidHyperparameterError,
+    LabelError,
+    StateDictError,
+    StepOrderError,
+)
+from focalsam.optim.policies.batchnorm import BatchNormPolicy
+from focalsam.optim.policies.ddp import distributed
+from focalsam.optim.policies.scaler import active_scaler, base_step
+from focalsam.optim.validators import (
+    check_losses,
+    check_targets,
+    checked_values,
+    ensure_finite,
+    losses_of,
+    validate_bn_update,
+    validate_max_grad_norm,
+    validate_rho,
+    validate_step_options,
+)
+from focalsam.optim.wrapped import WrappedOptimizer, trainable
+
+BatchNormUpdate = Literal["both", "clean"]
+#: The state-dict key of the group-wise engine's own counters.
+GROUPWISE_KEY = "groupwise"
+
+
+class GroupRadius(Protocol):
+    """The radius of each group: ``active(k)`` says whether group ``k`` is perturbed at
+    all (its radius can be above 0); ``radius(k, grad_norm, size, batch, params)`` is
+    ``r_k`` for this step, from ``||grad L_k(theta)||`` (``L_k`` averaged over the whole
+    batch), the group's sample count ``size`` in a batch of ``batch`` samples and the
+    parameters at ``theta``."""
+
+    def active(self, group: int) -> bool: ...
+
+    def radius(
+        self, group: int, grad_norm: Tensor, size: int, batch: int, params: list[Tensor]
+    ) -> Tensor | float: ...
+
+
+class FixedRadii:
+    """Fixed radii ``rho_k`` per group (``rho_k = 0``: the group is not perturbed);
+    ``set(k, value)`` changes one (a method's stage schedule)."""
+
+    def __init__(self, radii: Sequence[float]) -> None:
+        self.values = [_checked_radius(r, f"radius of group {k}") for k, r in enumerate(radii)]
+
+    def set(self, group: int, value: float) -> None:
+        self.values[group] = _checked_radius(value, f"radius of group {group}")
+
+    def active(self, group: int) -> bool:
+        return self.values[group] > 0
+
+    def radius(
+        self, group: int, grad_norm: Tensor, size: int, batch: int, params: list[Tensor]
+    ) -> float:
+        return self.values[group]
+
+
+class GroupwiseSAM(WrappedOptimizer):
+    """Sharpness-aware minimization with one perturbation per group of classes.
+
+    ``g = c grad mean(l)(theta) + w sum_k grad L_k(theta + eps_k)``,
+    ``eps_k = r_k grad L_k / ||grad L_k||``, ``L_k = (1/B) sum_{i in k} l_i``
+    (the module docstring has the passes).
+
+    Args:
+        params: parameters or parameter groups (a group may set its own ``rho``, the
+            factor of every radius on its tensors; default 1).
+        base_optimizer: a ``torch.optim.Optimizer`` class (built here on the same
+            groups with ``**base_kwargs``) or an instance (``params=None``).
+        group_of: the group of each class (length C, values in ``[0, G)``).
+        radius: the radius of each group (:class:`GroupRadius`), or a sequence of
+            ``G`` fixed radii (:class:`FixedRadii`).
+        clean_weight: ``c``, the weight of the whole batch's clean gradient.
+        group_weight: ``w``, the weight of the group terms.
+        rho: the parameter groups' default ``rho``, the factor of every radius.
+        model: the module being trained: for ``bn_update="clean"`` and for DDP (its
+            ``no_sync`` keeps every backward but the step's last from all-reducing).
+        bn_update: ``"both"`` updates BatchNorm statistics in every forward pass;
+            ``"clean"`` freezes them in the perturbed ones.
+        ascent_all_reduce: under DDP, average each ``grad L_k(theta)`` over the replicas
+            before its ascent, so a DDP run equals one process on the global batch (one
+            all-reduce per perturbed group). Off: ``eps_k`` is per replica.
+        max_grad_norm: clip the final gradient to this norm before the base step.
+        check_finite: raise :class:`NonFiniteLossError` (no step taken) when a forward
+            pass returns NaN/inf losses.
+        strict_checks: ``None`` or ``True``. A step plans its passes on the groups
+            present in the batch, which it reads on the host together with the label
+            and loss checks (one sync per step; under DDP the replicas add their group
+            counts with one all-reduce of ``G`` numbers, so every replica runs the same
+            passes). ``False`` (sync-free steps) is refused.
+        sam_every: ``k >= 1``; step ``i`` (counted from 0, saved in the state dict) is
+            sharpness-aware when ``i % k == 0``, the others take one pass with
+            ``eps = 0``: ``g = grad (1/B) sum_i (c + w) l_i(theta)``.
+        **base_kwargs: the base optimizer's options (``lr``, ``momentum``, ...).
+
+    Under DDP a step all-reduces the gradient once (the last backward pass syncs; when
+    no group is perturbed, the clean gradient is averaged by hand). With an fp16
+    ``GradScaler``, the gradients are unscaled before each norm, a non-finite
+    ``grad L_k`` or final gradient makes the scaler skip the whole step, and the scaler
+    updates once per step. ``step_accumulated`` does not exist: each ``eps_k`` is the
+    normalized gradient of its group over the whole batch, which exact accumulation
+    would have to hold for every group at once; the registry refuses ``accum_steps > 1``.
+
+    :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
+    the state dict); :meth:`passes_per_step` is their mean.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | None,
+        base_optimizer: type[Optimizer] | Optimizer = torch.optim.SGD,
+        *,
+        group_of: Sequence[int] | Tensor,
+        radius: GroupRadius | Sequence[float],
+        clean_weight: float = 0.0,
+        group_weight: float = 1.0,
+        rho: float = 1.0,
+        model: nn.Module | None = None,
+        bn_update: BatchNormUpdate = "both",
+        ascent_all_reduce: bool = False,
+        max_grad_norm: float | None = None,
+        check_finite: bool = True,
+        strict_checks: bool | None = None,
+        sam_every: int = 1,
+        **base_kwargs: Any,
+    ) -> None:
+        validate_step_options(strict_checks, sam_every)
+        if strict_checks is False:
+            raise InvalidHyperparameterError(
+                f"{type(self).__name__} plans its passes on the groups present in each "
+                "batch, read on the host: it always checks strictly; use strict_checks=None "
+                "or True"
+            )
+        validate_bn_update(bn_update)
+        if bn_update == "clean" and model is None:
+            raise InvalidHyperparameterError(
+                "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
+            )
+        validate_max_grad_norm(max_grad_norm)
+        for name, value in (("clean_weight", clean_weight), ("group_weight", group_weight)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
+        groups = torch.as_tensor(group_of).detach().cpu()
+        if groups.ndim != 1 or groups.numel() == 0 or groups.is_floating_point():
+            raise InvalidHyperparameterError(
+                "group_of must be a non-empty 1-D integer sequence (the group of each class), "
+                f"got {group_of!r}"
+            )
+        self.group_of = groups.long()
+        self.num_classes = int(self.group_of.numel())
+        self.num_groups = int(self.group_of.max()) + 1 if self.num_classes else 0
+        if int(self.group_of.min()) < 0:
+            raise InvalidHyperparameterError(f"group_of must be >= 0, got {groups.tolist()}")
+        self.radii: GroupRadius = (
+            FixedRadii(radius) if isinstance(radius, Sequence) else radius  # type: ignore[arg-type]
+        )
+        if isinstance(self.radii, FixedRadii) and len(self.radii.values) < self.num_groups:
+            raise InvalidHyperparameterError(
+                f"group_of names {self.num_groups} groups, radius gives "
+                f"{len(self.radii.values)} radii"
+            )
+        self.clean_weight = float(clean_weight)
+        self.group_weight = float(group_weight)
+
+        validate_rho(rho)
+        self._wrap(params, base_optimizer, {"rho": rho}, base_kwargs)
+        self.model = model
+        self.bn_update: BatchNormUpdate = bn_update
+        self._bn = BatchNormPolicy(model, bn_update)
+        self.ascent_all_reduce = ascent_all_reduce
+        self.max_grad_norm = max_grad_norm
+        self.check_finite = check_finite
+        self.strict_checks = strict_checks
+        self.sam_every = sam_every
+        self.pass_counts = {"steps": 0, "forward": 0, "backward": 0}
+        self._steps = 0
+        self._backup = BufferPool()
+        self._group_cache: dict[str, Tensor] = {}
+        self._warned_no_model = False
+
+    # ------------------------------------------------------------------ API
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Any] | None = None,
+        targets: Tensor | None = None,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        backward: BackwardFn | None = None,
+    ) -> Any:
+        """One update. ``closure()`` runs the forward pass and returns the per-sample
+        losses ``(B,)`` (or a tuple starting with them); it is called once at ``theta``
+        and once at each ``theta + eps_k``. ``targets``: the labels ``(B,)``.
+        ``scaler``: an fp16 ``GradScaler``. ``backward(loss, retain_graph=False)``
+        replaces ``loss.backward``. Returns the first call's output, losses detached."""
+        if closure is None:
+            raise StepOrderError(
+                f"{type(self).__name__}.step needs a closure returning per-sample losses"
+            )
+        if targets is None:
+            raise LabelError(
+                f"{type(self).__name__} groups samples by class: pass the labels as targets "
+                "(shape (B,))"
+            )
+        targets = check_targets(targets)
+        scaler = active_scaler(scaler)
+        backward_fn = backward or default_backward
+        params = trainable(self.param_groups)
+        zero_grads(params)
+        sharp_step = self._steps % self.sam_every == 0
+        with self._context(sync=False):
+            out = closure()
+        losses = losses_of(out)
+        size = check_losses(losses)
+        targets = check_targets(targets, size)
+        group = self._groups_on(losses.device)[targets.clamp(0, self.num_classes - 1)]
+        counts = torch.bincount(group, minlength=self.num_groups)
+        values = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        if distributed():
+            # every replica must run the same passes: plan on the global batch
+            shared = torch.tensor(values, dtype=torch.long, device=losses.device)
+            dist.all_reduce(shared)
+            values = shared.tolist()
+        perturbed = [
+            k
+            for k in range(self.num_groups)
+            if sharp_step and values[k] > 0 and self.group_weight != 0 and self.radii.active(k)
+        ]
+        try:
+            clean_ran = self._passes(
+                losses, group, size, values, perturbed, closure, scaler, backward_fn
+            )
+        except BaseException:
+            zero_grads(params)
+            raise
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        with_grad = [p for p in trainable(self.param_groups) if p.grad is not None]
+        base_step(self.base_optimizer, with_grad, scaler, self.max_grad_norm)
+        self.pass_counts["steps"] += 1
+        self.pass_counts["forward"] += 1 + len(perturbed)
+        self.pass_counts["backward"] += 2 * len(perturbed) + int(clean_ran)
+        self._steps += 1
+        return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
+
+    def passes_per_step(self) -> tuple[float, float] | None:
+        """Mean (forward, backward) passes per step so far (``None`` before a step)."""
+        steps = self.pass_counts["steps"]
+        if steps == 0:
+            return None
+        return (self.pass_counts["forward"] / steps, self.pass_counts["backward"] / steps)
+
+    def take_skip_report(self) -> None:
+        """Always ``None``: every step checks strictly and raises instead of skipping."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state, the step count (``sam_every``) and the pass counts."""
+        state = super().state_dict()
+        state[GROUPWISE_KEY] = {"steps": self._steps, "passes": dict(self.pass_counts)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` (without the engine's counters they restart at 0)."""
+        steps, passes = 0, {"steps": 0, "forward": 0, "backward": 0}
+        if isinstance(state_dict, dict) and GROUPWISE_KEY in state_dict:
+            state_dict = dict(state_dict)
+            saved = state_dict.pop(GROUPWISE_KEY)
+            ok = isinstance(saved, dict) and _count(saved.get("steps"))
+            saved_passes = saved.get("passes") if ok else None
+            if not ok or not (
+                isinstance(saved_passes, dict)
+                and set(saved_passes) == set(passes)
+                and all(_count(v) for v in saved_passes.values())
+            ):
+                raise StateDictError(
+                    f"the state dict's {GROUPWISE_KEY!r} must hold a step count 'steps' >= 0 "
+                    f"and pass counts {sorted(passes)}, got {saved!r}"
+                )
+            steps, passes = saved["steps"], dict(saved_passes)
+        super().load_state_dict(state_dict)
+        self._steps, self.pass_counts = steps, passes
+
+    # -------------------------------------------------------------- passes
+    def _passes(
+        self,
+        losses: Tensor,
+        group: Tensor,
+        size: int,
+        counts: list[int],
+        perturbed: list[int],
+        closure: Callable[[], Any],
+        scaler: torch.amp.GradScaler | None,
+        backward_fn: BackwardFn,
+    ) -> bool:
+        """Leave ``g`` in ``.grad`` (scaled like the losses): the clean backward, then each
+        perturbed group's passes in group order. Returns whether the clean backward ran."""
+        params = trainable(self.param_groups)
+        inv_scale = 1.0 if scaler is None else 1.0 / float(scaler.get_scale())
+        is_perturbed = torch.zeros(self.num_groups, dtype=torch.bool, device=losses.device)
+        if perturbed:
+            is_perturbed[perturbed] = True
+        # c for every sample, plus w for the samples of groups not perturbed (eps_k = 0)
+        clean = self.clean_weight + self.group_weight * (~is_perturbed[group]).to(losses.dtype)
+        clean_ran = self.clean_weight != 0 or any(
+            counts[k] > 0 and k not in perturbed for k in range(self.num_groups)
+        )
+        if clean_ran:
+            with self._context(sync=not perturbed):
+                backward_fn(
+                    _scaled(torch.dot(losses, clean) / size, scaler),
+                    retain_graph=bool(perturbed),  # the groups' gradients need the graph
+                )
+        if not perturbed:
+            if distributed() and getattr(self.model, "no_sync", None) is not None:
+                _average_grads(params)  # the clean forward ran under no_sync
+            return clean_ran
+        data = [p.data for p in params]
+        backup = self._backup(params)
+        torch._foreach_copy_(backup, data)
+        total = losses.new_zeros(())
+        for j, k in enumerate(perturbed):
+            last = j == len(perturbed) - 1
+            mask = (group == k).to(losses.dtype)
+            grads = torch.autograd.grad(
+                _scaled(torch.dot(losses, mask) / size, scaler),
+                params,
+                retain_graph=not last,
+                allow_unused=True,
+            )
+            g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
+            if inv_scale != 1.0:
+                torch._foreach_mul_(g, inv_scale)
+            if self.ascent_all_reduce and distributed():
+                _average(g)
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g)))
+            if scaler is not None and not bool(torch.isfinite(norm)):
+                # fp16 overflow in grad L_k: put an inf in .grad before the step's
+                # all-reduce, so the scaler skips the step on every replica; run the
+                # remaining passes unperturbed (every replica runs the same passes)
+                _poison(params)
+                torch._foreach_zero_(g)
+            else:
+                r = self.radii.radius(k, norm, counts[k], size, params)
+                self._scaled_eps(g, params, r, norm)
+            with torch.no_grad():
+                torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
+            self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
+            try:
+                with self._context(sync=last):
+                    shifted = losses_of(closure())
+                    check_losses(shifted, expected=size)
+                    weighted = torch.dot(shifted, mask) * (self.group_weight / size)
+                    backward_fn(_scaled(weighted, scaler))
+                total = total + torch.dot(shifted.detach(), mask)
+            finally:
+                with torch.no_grad():
+                    torch._foreach_copy_(data, backup)
+                self._bn.unfreeze()
+        if self.check_finite and scaler is None:
+            ensure_finite(
+                total,
+                "the forward pass at theta + eps_k returned non-finite losses; "
+                "the parameters were restored and no step was taken",
+            )
+        return clean_ran
+
+    def _scaled_eps(
+        self, g: list[Tensor], params: list[Tensor], r: Tensor | float, norm: Tensor
+    ) -> None:
+        """``eps_k = rho_t * r_k * g_k / ||g_k||`` in place on ``g`` (``rho_t``: the
+        tensor's parameter group's ``rho``)."""
+        factor = r / (norm + TINY)
+        if len(self.param_groups) == 1:
+            torch._foreach_mul_(g, factor * float(self.param_groups[0]["rho"]))
+            return
+        owner = {p: float(grp["rho"]) for grp in self.param_groups for p in grp["params"]}
+        for gi, p in zip(g, params):
+            gi.mul_(factor * owner[p])
+
+    # ------------------------------------------------------------- helpers
+    def _groups_on(self, device: torch.device) -> Tensor:
+        key = str(device)
+        if key not in self._group_cache:
+            self._group_cache[key] = self.group_of.to(device)
+        return self._group_cache[key]
+
+    def _context(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """``model.no_sync()`` under DDP unless this pass must all-reduce (``sync``)."""
+        if sync or not distributed():
+            return contextlib.nullcontext()
+        no_sync = getattr(self.model, "no_sync", None)
+        if no_sync is None:
+            if not self._warned_no_model:
+                self._warned_no_model = True
+                warnings.warn(
+                    f"{type(self).__name__} runs under torch.distributed without a DDP model: "
+                    "pass model=ddp_model so only the last backward pass all-reduces",
+                    stacklevel=4,
+                )
+            return contextlib.nullcontext()
+        return no_sync()
+
+
+def _checked_radius(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidHyperparameterError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value == float("inf"):
+        raise InvalidHyperparameterError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+    return loss if scaler is None else scaler.scale(loss)
+
+
+@torch.no_grad()
+def _poison(params: list[Tensor]) -> None:
+    """Make ``.grad`` non-finite (the scaler then skips the step)."""
+    p = params[0]
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    p.grad.view(-1)[0] = float("inf")
+
+
+def _average(tensors: list[Tensor]) -> None:
+    """Average ``tensors`` over the replicas in place: one all-reduce of one flat buffer."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    torch._foreach_copy_(
+        tensors, [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+    )
+
+
+def _average_grads(params: list[Tensor]) -> None:
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    _average([p.grad for p in params])  # type: ignore[misc]
+
+
+__all__ = ["FixedRadii", "GroupRadius", "GroupwiseSAM"]
