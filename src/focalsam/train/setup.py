@@ -78,6 +78,10 @@ class RunParts:
         if resumed is None:
             self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
             self.run_dir.write_text("model.json", json.dumps(self.counts, indent=2))
+            for name, text in self.data.run_files.items():  # e.g. the split of own data
+                if self.rt.is_main:
+                    (self.run_dir.path / name).parent.mkdir(parents=True, exist_ok=True)
+                self.run_dir.write_text(name, text)
             return
         epoch, step, history = resumed
         self.run_dir.write_metrics(history)
