@@ -53,7 +53,7 @@ def make_example(
         for image, label in zip(pixels, labels):
             target = folder / split / DIGIT_NAMES[label]
             target.mkdir(parents=True, exist_ok=True)
-            gray = Image.fromarray(image, mode="L").resize((size, size), Image.BILINEAR)
+            gray = Image.fromarray(image, mode="L").resize((size, size), Image.Resampling.BILINEAR)
             gray.convert("RGB").save(target / f"{seen[label]:04d}.png")
             seen[label] += 1
         counts[split] = seen
