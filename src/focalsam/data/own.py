@@ -81,6 +81,8 @@ def check_own_data_config(d: Any) -> None:
     kind = d.name.strip().lower()
     if not 0 < d.test_fraction < 1:
         raise DataError(f"data.test_fraction must be in (0, 1), got {d.test_fraction!r}")
+    if str(d.cache).lower() in ("false", "no"):  # YAML reads a bare `off` as false
+        d.cache = "off"
     if d.cache not in CACHE_MODES:
         raise DataError(f"data.cache must be one of {', '.join(CACHE_MODES)}; got {d.cache!r}")
     if not d.cache_limit_gb > 0:
