@@ -212,3 +212,49 @@ def test_predict_and_export_on_a_run_whose_model_cannot_be_built(
     assert not out.exists() and not (tmp_path / "m").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("timm has no model 'nope_net'" in e for e in err)
+
+
+def _hf_dataset(example: Path, target: Path, *, with_test: bool) -> None:
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    names = sorted(p.name for p in (example / "train").iterdir())
+    features = datasets.Features(
+        {"picture": datasets.Image(), "kind": datasets.ClassLabel(names=names)}
+    )
+
+    def split(name: str) -> Any:
+        files = sorted((example / name).rglob("*.png"))
+        rows = {
+            "picture": [Image.open(p).convert("RGB") for p in files],
+            "kind": [names.index(p.parent.name) for p in files],
+        }
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    parts = {"train": split("train")}
+    if with_test:
+        parts["test"] = split("test")
+    datasets.DatasetDict(parts).save_to_disk(str(target))
+
+
+def test_hf_path_end_to_end(example: Path, tmp_path: Path, capsys: Any) -> None:
+    """A save_to_disk dataset with its own column names and a ClassLabel trains from the
+    RAM cache, evaluates, predicts image files and exports; the class names come from the
+    ClassLabel. Without the named columns: exit 2, one line, nothing written."""
+    data = tmp_path / "hf"
+    _hf_dataset(example, data, with_test=True)
+    capsys.readouterr()  # the datasets library's own progress output
+    keys = ["dataset=hf", f"data_root={data}", "model=resnet32"]
+    bad_run = tmp_path / "bad"
+    code = main(["train", f"run_dir={bad_run}", *QUIET, *keys])
+    assert code == 2 and not bad_run.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no column 'image' (data.image_column)" in err, err
+    run = _train(tmp_path, "hf-run", *keys, "data.image_column=picture", "data.label_column=kind")
+    assert (run / "split" / "classes.txt").read_text().split()[:2] == ["eight", "five"]
+    assert (run / "split" / "test.csv").read_text().splitlines()[1].startswith("hf:test:")
+    assert main(["eval", str(run)]) == 0
+    out = tmp_path / "hf-pred.jsonl"
+    assert main(["predict", str(run), str(example / "test" / "two"), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 5
+    _check_exports(run, tmp_path, ("safetensors",))
