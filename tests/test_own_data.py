@@ -200,3 +200,20 @@ def test_split_written_into_the_run_is_what_eval_reads(tmp_path: Path) -> None:
         loaded.rt.close()
     report = json.loads((run / "report.json").read_text())
     assert report["class_counts"] == [5, 2, 1]
+
+
+def test_resume_keeps_the_runs_split(tmp_path: Path) -> None:
+    """--resume reads RUN/split: images added to the folder meanwhile are not trained on."""
+    data = tmp_path / "data"
+    _folder(data, {"a": 5, "b": 3})
+    run = tmp_path / "run"
+    args = ["dataset=folder", f"data_root={data}", "model=small_cnn", "batch_size=2"]
+    args += ["data.image_size=8", f"run_dir={run}", "epochs=1", "device=cpu"]
+    args += ["num_workers=0", "progress=false", "tensorboard=false"]
+    assert main(["train", *args]) == 0
+    before = (run / "split" / "train.csv").read_text()
+    _folder(data, {"b": 6})  # three more images of b (names 3.png .. 5.png)
+    assert main(["train", "--resume", str(run), "epochs=2"]) == 0
+    assert (run / "split" / "train.csv").read_text() == before
+    report = json.loads((run / "report.json").read_text())
+    assert report["class_counts"] == [4, 2]
