@@ -95,7 +95,14 @@ def _check_exports(run: Path, tmp: Path, formats: tuple[str, ...]) -> None:
 def test_folder_resnet32_trains_evaluates_predicts_exports(
     example: Path, tmp_path: Path, capsys: Any
 ) -> None:
-    run = _train(tmp_path, "r32", "dataset=folder", f"data_root={example}", "model=resnet32")
+    run = _train(
+        tmp_path,
+        "r32",
+        "dataset=folder",
+        f"data_root={example}",
+        "model=resnet32",
+        "data.cache=ram",
+    )
     report = json.loads((run / "report.json").read_text())
     counts = report["class_counts"]
     assert len(counts) == 10 and max(counts) / min(counts) >= 19  # ratio 20 (rounded counts)
@@ -244,7 +251,7 @@ def test_hf_path_end_to_end(example: Path, tmp_path: Path, capsys: Any) -> None:
     data = tmp_path / "hf"
     _hf_dataset(example, data, with_test=True)
     capsys.readouterr()  # the datasets library's own progress output
-    keys = ["dataset=hf", f"data_root={data}", "model=resnet32"]
+    keys = ["dataset=hf", f"data_root={data}", "model=resnet32", "data.cache=ram"]
     bad_run = tmp_path / "bad"
     code = main(["train", f"run_dir={bad_run}", *QUIET, *keys])
     assert code == 2 and not bad_run.exists()

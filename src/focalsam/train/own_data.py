@@ -5,7 +5,7 @@ The split comes from the run directory when it holds one (``eval``, ``predict``,
 copy (``TrainData.run_files``). The test split is always decoded by the test transform
 (``Resize`` + ``CenterCrop``, the model's mean/std), the one ``focalsam predict`` uses. The
 training split is decoded once into a uint8 tensor at the training resolution and
-augmented on the device (``data.cache=ram``, or ``auto`` when it fits in
+augmented on the device (``data.cache=ram``, or ``auto`` on a GPU when it fits in
 ``data.cache_limit_gb``), or decoded and augmented in DataLoader workers (``off``).
 """
 
@@ -52,10 +52,12 @@ def cache_bytes(n_images: int, size: int) -> int:
     return n_images * size * size * 3
 
 
-def use_cache(mode: str, n_images: int, size: int, limit_gb: float) -> bool:
-    """``ram``: yes; ``off``: no; ``auto``: when :func:`cache_bytes` fits in ``limit_gb``."""
+def use_cache(mode: str, n_images: int, size: int, limit_gb: float, device_type: str) -> bool:
+    """``ram``: yes; ``off``: no; ``auto``: on a GPU, when :func:`cache_bytes` fits in
+    ``limit_gb`` (on the CPU the device loader's resampling is no faster than workers:
+    ``benchmarks/own_data_loading.py``)."""
     if mode == "auto":
-        return cache_bytes(n_images, size) <= limit_gb * GIB
+        return device_type == "cuda" and cache_bytes(n_images, size) <= limit_gb * GIB
     return mode == "ram"
 
 
@@ -99,7 +101,7 @@ def build_own_data(cfg: Any, device: torch.device, rank: int, world: int) -> dic
             verify_images(ds)
     labels = np.asarray([s[1] for s in own.train], dtype=np.int64)
     pin = device.type == "cuda"
-    cached = use_cache(d.cache, len(own.train), spec.size, d.cache_limit_gb)
+    cached = use_cache(d.cache, len(own.train), spec.size, d.cache_limit_gb, device.type)
     make_balanced: Callable[[], Any] | None = None
     if cached:
         images = decode_images(own_datasets(own, None, "train"), spec.size, max(1, d.num_workers))
