@@ -184,7 +184,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("presets", help="list the presets and the optimizers")
     _analyze_parser(sub)
+    _own_data_parsers(sub)
     return parser
+
+
+def _own_data_parsers(sub: Any) -> None:
+    """``predict``, ``export`` and ``make-example``: using a run on your own images."""
+    hidden_debug = {"action": "store_true", "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+    pr = sub.add_parser(
+        "predict",
+        help="classify new images with a trained run (writes only --out)",
+        description="One row per image: path, class, index, top-k classes and probabilities "
+        "(CSV or JSONL by --out's extension). Unreadable files get an error row.",
+    )
+    pr.add_argument("run_dir", help="a run directory (focalsam train)")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or list files")
+    pr.add_argument("--out", required=True, help="a .csv or .jsonl file (not inside the run)")
+    pr.add_argument("--top-k", type=int, default=5, help="classes per row (default 5)")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    pr.add_argument("--device", default=None, help="where to run the model (default: the run's)")
+    pr.add_argument("--checkpoint", default="last", help="last | best | a .pt file")
+    pr.add_argument("--force", action="store_true", help="replace an existing --out")
+    pr.add_argument("--debug", **hidden_debug)
+    ex = sub.add_parser(
+        "export",
+        help="write a run's model as TorchScript, ONNX or safetensors, with a sidecar JSON",
+        description="A standalone model (LoRA merged) and FILE.json: class names, input size, "
+        "mean/std and the run's config hash.",
+    )
+    ex.add_argument("run_dir", help="a run directory (focalsam train)")
+    ex.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
+    ex.add_argument("--out", required=True, help="the model file (its sidecar: OUT.json)")
+    ex.add_argument("--checkpoint", default="last", help="last | best | a .pt file")
+    ex.add_argument("--force", action="store_true", help="replace an existing --out")
+    ex.add_argument("--debug", **hidden_debug)
+    mk = sub.add_parser(
+        "make-example",
+        help="write a small long-tailed image folder (handwritten digits) to try your own data",
+    )
+    mk.add_argument("folder", help="a new folder (DIR/train/<class>/, DIR/test/<class>/)")
+    mk.add_argument("--imbalance-ratio", type=float, default=20.0, help="n_max / n_min")
+    mk.add_argument("--size", type=int, default=32, help="image side in px (default 32)")
+    mk.add_argument("--test-per-class", type=int, default=20, help="test images per class")
+    mk.add_argument("--no-test", action="store_true", help="no test folder (train splits one off)")
+    mk.add_argument("--debug", **hidden_debug)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from focalsam.predict import predict
+
+    result = predict(
+        args.run_dir,
+        args.inputs,
+        args.out,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        force=args.force,
+    )
+    read = len(result.rows) - result.errors
+    note = f"; {result.errors} file(s) could not be read (see the error column)"
+    print(f"predicted {read} image(s) into {args.out}" + (note if result.errors else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from focalsam.export import export_run, sidecar_path
+
+    side = export_run(
+        args.run_dir, args.format, args.out, checkpoint=args.checkpoint, force=args.force
+    )
+    print(
+        f"wrote {args.out} ({args.format}, {side['num_classes']} classes, "
+        f"{side['input']['image_size']} px) and {sidecar_path(Path(args.out))}"
+    )
+    return 0
+
+
+def cmd_make_example(args: argparse.Namespace) -> int:
+    from focalsam.data.own_example import make_example
+
+    counts = make_example(
+        args.folder,
+        args.imbalance_ratio,
+        args.test_per_class,
+        size=args.size,
+        with_test=not args.no_test,
+    )
+    print(
+        f"wrote {args.folder}: train {counts['train']} images per class (ratio "
+        f"{args.imbalance_ratio:g})" + ("" if args.no_test else f", test {counts['test'][0]} each")
+    )
+    print("next:")
+    print(f"  focalsam train dataset=folder data_root={args.folder} epochs=5 run_dir=runs/example")
+    print(f"  focalsam predict runs/example {args.folder}/test --out predictions.csv")
+    print("  focalsam export runs/example --format onnx --out model.onnx")
+    return 0
 
 
 COMPARE_EPILOG = """examples:
@@ -510,6 +606,12 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_presets()
         if args.command == "analyze":
             return cmd_analyze(args)
+        if args.command == "predict":
+            return cmd_predict(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "make-example":
+            return cmd_make_example(args)
         parser.print_help()
         return 2
     except InputError as exc:

@@ -48,7 +48,9 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class DataConfig:
-    name: str = _f("digits", "digits | cifar10 | cifar100 | imagenet_lt | inat2018")
+    name: str = _f(
+        "digits", "digits | cifar10 | cifar100 | imagenet_lt | inat2018 | folder | table | hf"
+    )
     root: str = _f("data", "folder holding the dataset (CIFAR: cifar-10-batches-py inside)")
     download: bool = _f(False, "download CIFAR when missing (needs the internet)")
     imbalance_ratio: float = _f(100.0, "n_max / n_min of the long-tailed training set")
@@ -61,11 +63,32 @@ class DataConfig:
     image_size: int | None = _f(None, "input resolution (default: the model's, e.g. 224 for CLIP)")
     transform: str = _f("auto", "auto | standard | clip | imagenet_r50 | inat_r50")
     categories: str | None = _f(None, "iNaturalist categories.json (default ROOT/categories.json)")
+    train: str | None = _f(
+        None, "data.name=table: the training table (CSV, TSV or JSONL: path,label)"
+    )
+    test: str | None = _f(
+        None, "data.name=table: the test table (default: split off the training one)"
+    )
+    val: str | None = _f(None, "data.name=table: a validation table (the test split when no test)")
+    class_names: str | None = _f(None, "data.name=table: a file of class names, one a line")
+    test_fraction: float = _f(0.2, "folder/table/hf without a test split: the share held out")
+    split_seed: int = _f(0, "folder/table/hf: seed of that stratified split (not run.seed)")
+    image_column: str = _f("image", "data.name=hf: the image column")
+    label_column: str = _f("label", "data.name=hf: the ClassLabel column")
+    cache: str = _f("auto", "folder/table/hf: auto | ram | off (decode the training set once)")
+    cache_limit_gb: float = _f(4.0, "data.cache=auto: cache when the decoded set fits in this")
+    mean: list[float] | None = _f(None, "folder/table/hf: input mean (default: the model's)")
+    std: list[float] | None = _f(None, "folder/table/hf: input std (default: the model's)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = _f("resnet32", "resnet32 | resnet50 | small_cnn | mlp")
+    name: str = _f(
+        "resnet32", "resnet32 | resnet50 | small_cnn | mlp | timm:<name> | torchvision:<name>"
+    )
+    weights: str | None = _f(None, "timm/torchvision: a local state dict or .safetensors file")
+    pretrained: bool = _f(False, "timm/torchvision: the library's pretrained weights (downloads)")
+    freeze: str = _f("none", "timm/torchvision: none | backbone (train the head only)")
     normed_linear: bool = _f(False, "cosine classifier head (LDAM)")
     tuning: str = _f(
         "adaptformer", "CLIP: adaptformer | lora | vpt_shallow | vpt_deep | bias | layernorm | full"
@@ -335,7 +358,8 @@ def normalize_names(cfg: TrainConfig) -> None:
     their normal spelling (``"CIFAR-10"`` -> ``"cifar10"``), ``optim.name`` to the
     method's registered name (``"sgd"`` -> ``"plain"``)."""
     cfg.data.name = normalize_name(cfg.data.name)
-    cfg.model.name = normalize_name(cfg.model.name)
+    prefix, sep, rest = cfg.model.name.partition(":")  # timm:<name> keeps timm's spelling
+    cfg.model.name = normalize_name(prefix) + sep + rest.strip()
     cfg.optim.base = normalize_name(cfg.optim.base)
     try:
         cfg.optim.name = canonical_name(cfg.optim.name)

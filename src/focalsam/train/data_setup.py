@@ -34,6 +34,7 @@ from focalsam.data import (
     inaturalist2018,
     verify_images,
 )
+from focalsam.data.own import OWN_DATASETS
 from focalsam.metrics import LongTailAccuracy, default_shot_preset
 from focalsam.names import normalize_name
 from focalsam.train.config import ConfigError, TrainConfig
@@ -63,6 +64,11 @@ class TrainData:
     # the class names in label order, computed on demand (CLIP text heads); may raise a
     # DataError (e.g. iNaturalist without categories.json)
     class_names: Callable[[], list[str]] | None = field(default=None, repr=False)
+    # files the run directory gets a copy of (own data: the split it trained on)
+    run_files: dict[str, str] = field(default_factory=dict, repr=False)
+    # own data: the test transform of one PIL image and its settings (predict, export)
+    preprocess: Callable[[Any], Tensor] | None = field(default=None, repr=False)
+    input_spec: dict[str, Any] | None = None
 
     def new_metric(self) -> LongTailAccuracy:
         """An empty accumulator of per-class and many/medium/few accuracy for this data."""
@@ -195,6 +201,12 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
     """Training loader (sharded over ``world`` ranks) and this rank's share of the test set,
     at the resolution and with the augmentation of :func:`data_recipe`."""
     name = normalize_name(cfg.data.name)
+    if name in OWN_DATASETS:
+        from focalsam.train.own_data import build_own_data
+
+        parts = build_own_data(cfg, device, rank, world)
+        parts.pop("own")
+        return TrainData(**parts, shot_preset=_preset(cfg))
     if name not in NATIVE_SIZE:
         raise ConfigError(f"unknown dataset {cfg.data.name!r}; valid: {', '.join(DATASETS)}")
     transform, size = data_recipe(cfg)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from focalsam.train.checkpoint import CheckpointError, load_checkpoint
@@ -46,6 +47,7 @@ def load_run(run: str | Path, checkpoint: str = "last", device: str | None = Non
     if device is not None:
         cfg.run.device = device
     cfg.data.verify_images = False  # only reading; the images were checked at training
+    cfg.data.cache = "off"  # own data: the training images are not decoded to be read back
     path = checkpoint_of(Path(run), checkpoint)
     rt = Runtime(cfg.run.device, cfg.run.precision)
     try:
@@ -53,7 +55,9 @@ def load_run(run: str | Path, checkpoint: str = "last", device: str | None = Non
         if isinstance(payload.get("model"), dict):
             check_finite_weights(payload, path)
         data = build_data(cfg, rt.device, rt.rank, rt.world)
-        model = build_model(cfg, data, rt.device, text_init=False)
+        with torch.random.fork_rng(devices=[]):  # as training built it: a randomly
+            torch.manual_seed(cfg.run.seed)  # initialised frozen backbone is not saved
+            model = build_model(cfg, data, rt.device, text_init=False)
         try:
             load_model_state(model, payload, f"checkpoint {path}")
         except CheckpointError as exc:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from focalsam.models import create_model
+from focalsam.models.backbones import build_backbone_classifier, is_backbone_name
 from focalsam.names import normalize_name
 from focalsam.train.checkpoint import CheckpointError
 from focalsam.train.config import TrainConfig
@@ -31,6 +32,18 @@ def build_model(
     features when ``text_init`` (a model whose head a checkpoint replaces skips that)."""
     m = cfg.model
     extra: dict[str, Any] = {}
+    if is_backbone_name(m.name):  # timm:/torchvision:; a checkpoint replaces the weights
+        backbone = build_backbone_classifier(
+            m.name,
+            data.num_classes,
+            image_size=data.image_size,
+            weights=m.weights if text_init else None,
+            pretrained=m.pretrained and text_init,
+            freeze=m.freeze,
+        ).to(device)
+        if cfg.run.channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return backbone
     if is_clip(cfg):
         from focalsam.models.clip import ClipOptions
 

@@ -56,6 +56,10 @@ def build_report(
     return out
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def pct(value: Any, width: int = 6) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a".rjust(width)
@@ -64,8 +68,18 @@ def pct(value: Any, width: int = 6) -> str:
 
 def summary_table(rows: dict[str, dict[str, Any]], shot_preset: str, select: str) -> str:
     """Test accuracy per group, one row per named report."""
+    from focalsam.metrics import SHOT_PRESETS
+
+    known = SHOT_PRESETS.get(shot_preset)
+    named = f"preset {shot_preset!r}"
+    if known:
+        named += f" ({known.describe().split(': ', 1)[1]})"
+    empty = sorted(
+        {g for rep in rows.values() for g in GROUPS[1:] if _is_missing(rep["selected"].get(g))}
+    )
+    note = f" (no {', '.join(empty)}-shot classes: n/a)" if empty else ""
     lines = [
-        f"test accuracy (%), model: {select}; many/medium/few thresholds: preset {shot_preset!r}",
+        f"test accuracy (%), model: {select}; many/medium/few thresholds: {named}{note}",
         f"{'':<24}{'overall':>8}{'many':>8}{'medium':>8}{'few':>8}{'s/epoch':>9}",
     ]
     for name, rep in rows.items():

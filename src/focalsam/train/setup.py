@@ -85,6 +85,10 @@ class RunParts:
         if resumed is None:
             self.run_dir.write_text("config.yaml", config_yaml(self.cfg))
             self.run_dir.write_text("model.json", json.dumps(self.counts, indent=2))
+            for name, text in self.data.run_files.items():  # e.g. the split of own data
+                if self.rt.is_main:
+                    (self.run_dir.path / name).parent.mkdir(parents=True, exist_ok=True)
+                self.run_dir.write_text(name, text)
             return
         epoch, step, history = resumed
         self.run_dir.write_metrics(history)
@@ -126,13 +130,20 @@ class RunParts:
         finally:
             bar.close()
 
+    def _ratio(self) -> float:
+        """``data.imbalance_ratio``, or for own data the training split's n_max / n_min."""
+        if not self.data.run_files:
+            return float(self.cfg.data.imbalance_ratio)
+        counts = [c for c in self.data.class_counts if c > 0]
+        return max(counts) / min(counts)
+
     def describe(self, epoch: int, step: int) -> str:
         cfg, d = self.cfg, self.cfg.data
         if epoch or step:
             return f"resuming {self.run_dir.path} at epoch {epoch + 1}, step {step + 1}"
         later = sum(s.epochs for s in self.stages[1:])
         return (
-            f"run {self.run_dir.path}: {d.name} (ratio {d.imbalance_ratio:g}), {cfg.model.name}, "
+            f"run {self.run_dir.path}: {d.name} (ratio {self._ratio():g}), {cfg.model.name}, "
             f"{self.method}/{cfg.optim.base}, loss {cfg.loss.name}, {cfg.train.epochs} epochs"
             + (f" + {later} of stage 2" if later else "")
             + f" on {self.rt.device}"

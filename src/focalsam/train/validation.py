@@ -10,10 +10,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from focalsam.data.own import OWN_DATASETS, check_own_data_config
 from focalsam.data.transforms import RECIPES
 from focalsam.errors import InputError
 from focalsam.metrics import SHOT_PRESETS
 from focalsam.models import MODELS
+from focalsam.models.backbones import check_backbone_name, is_backbone_name
 from focalsam.models.tuning import TUNING_METHODS
 from focalsam.optim import BASE_OPTIMIZERS, get_method, list_optimizers
 from focalsam.train.errors import ConfigError
@@ -37,6 +39,8 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
     ``standard`` (32 px only) or ``clip`` (any size).
     """
     name = cfg.data.name
+    if name in OWN_DATASETS:
+        return _own_recipe(cfg)
     model = cfg.model.name
     transform = cfg.data.transform
     if transform == "auto":
@@ -79,6 +83,19 @@ def data_recipe(cfg: Any) -> tuple[str, int]:
     return transform, int(size)
 
 
+def _own_recipe(cfg: Any) -> tuple[str, int]:
+    """Your own data: RandomResizedCrop + flip at the model's input size (``data.image_size``
+    when set); mean and std come from :func:`focalsam.data.own_input.own_input`."""
+    from focalsam.data.own_input import own_input
+
+    if cfg.data.transform not in ("auto", "standard"):
+        raise ConfigError(
+            f"data.name={cfg.data.name} takes data.transform=auto (RandomResizedCrop at the "
+            f"model's input size, its mean/std), got {cfg.data.transform!r}"
+        )
+    return "standard", own_input(cfg).size
+
+
 def check_cuda_graph(cfg: Any) -> None:
     """What a captured step cannot hold, refused before any run starts."""
     o, r = cfg.optim, cfg.run
@@ -100,6 +117,21 @@ def check_cuda_graph(cfg: Any) -> None:
 def check_model(cfg: Any) -> None:
     m = cfg.model
     clip = m.name.startswith("clip")
+    backbone = is_backbone_name(m.name)
+    if not backbone:
+        for key, default in (("weights", None), ("pretrained", False), ("freeze", "none")):
+            if getattr(m, key) != default:
+                raise ConfigError(
+                    f"model.{key} is for timm:<name> / torchvision:<name> models; "
+                    f"model.name is {m.name!r}"
+                )
+    else:
+        check_backbone_name(m.name)
+        _choice("model.freeze", m.freeze, ("none", "backbone"))
+        if m.weights is not None and m.pretrained:
+            raise ConfigError("choose one of model.weights=PATH and model.pretrained=true")
+        if m.weights is not None and not Path(m.weights).is_file():
+            raise ConfigError(f"model.weights: {m.weights} is not a file")
     if m.tuning not in TUNING_METHODS:
         raise ConfigError(
             f"model.tuning must be one of {', '.join(TUNING_METHODS)}; got {m.tuning!r}"
@@ -154,14 +186,17 @@ def validate_config(cfg: Any) -> None:
     d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.run
     if cfg.preset is not None:
         _choice("preset", cfg.preset, list_presets())
-    _choice("data.name", d.name, DATASETS)
+    _choice("data.name", d.name, DATASETS + OWN_DATASETS)
+    if d.name in OWN_DATASETS:
+        check_own_data_config(d)
     _choice("data.profile", d.profile, ("exp", "step"))
     _number("data.imbalance_ratio", d.imbalance_ratio, low=1)
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     if d.shot_preset is not None:
         _choice("data.shot_preset", d.shot_preset, sorted(SHOT_PRESETS))
-    _choice("model.name", m.name, MODELS)
+    if not is_backbone_name(m.name):
+        _choice("model.name", m.name, MODELS)
     try:
         cfg.loss.validate()
         spec = get_method(o.name)
@@ -238,7 +273,7 @@ def validate_config(cfg: Any) -> None:
     _check_device(r.device)
     # capabilities
     stages = [s for s in spec.later_stages if s.epochs(options) > 0]
-    if stages and d.name in ("imagenet_lt", "inat2018"):
+    if stages and d.name in ("imagenet_lt", "inat2018", *OWN_DATASETS):
         raise ConfigError(
             f"{spec.name}'s {stages[0].kind} stage needs class-balanced batches, which "
             f"{d.name} does not offer yet: set optim.{spec.name}.{stages[0].epochs_setting}=0"
