@@ -1,4 +1,4 @@
-"""Read-only is a rule of the path: eval, analyze and compare refuse any output or cache
+"""Read-only is a rule of the path: eval, analyze, compare, predict and export refuse any output or cache
 folder inside any run folder; training never writes through a symlink planted in its
 folder; analyze writes analysis.json only at its end; files follow the user's umask."""
 
@@ -53,6 +53,21 @@ CASES = [
     ),
     ("analyze --out RUN/a", ["analyze", "{run}", "--out", "{run}/a"], "inside the run folder"),
     ("compare --out RUN/cmp", [*COMPARE, "--out", "{run}/cmp"], "inside the run folder"),
+    (
+        "predict --out RUN/p.csv",
+        ["predict", "{run}", "{tmp}", "--out", "{run}/p.csv"],
+        "inside the run folder",
+    ),
+    (
+        "predict --out through a symlink",
+        ["predict", "{run}", "{tmp}", "--out", "{tmp}/link/p.csv"],
+        "inside the run folder",
+    ),
+    (
+        "export --out RUN/m.pt",
+        ["export", "{run}", "--format", "torchscript", "--out", "{run}/m.pt"],
+        "inside the run folder",
+    ),
     ("compare --out FILE/sub", [*COMPARE, "--out", "{tmp}/file/sub"], "is a file"),
     ("compare --out a long name", [*COMPARE, "--out", "{tmp}/" + "x" * 300], "limit of"),
 ]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from focalsam.errors import InputError
+from focalsam.train.paths import check_output_folder
 
 __all__ = ["FORMATS", "export_run", "merged_model", "sidecar_path"]
 
@@ -53,6 +54,7 @@ def _check(run: Path, fmt: str, out: Path, force: bool) -> None:
     for path in (out, sidecar_path(out)):
         if path.exists() and not force:
             raise InputError(f"{path} exists: choose another --out, or --force to replace it")
+    check_output_folder(out.parent, "--out", "export")  # never inside any run folder
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: the folder {out.parent} does not exist")
     if fmt == "onnx":

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from focalsam.errors import InputError
+from focalsam.train.paths import check_output_folder
 
 __all__ = ["PredictResult", "collect_inputs", "predict"]
 
@@ -80,9 +81,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 def _check_out(out: Path, run: Path, force: bool) -> None:
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise InputError(f"--out {out} must end in .csv or .jsonl")
-    run_dir = (run if run.is_dir() else run.parent).resolve()
-    if run_dir == out.resolve().parent or run_dir in out.resolve().parents:
-        raise InputError(f"--out {out} is inside the run {run_dir}: predict never writes there")
+    check_output_folder(out.parent, "--out", "predict")  # never inside any run folder
     if out.exists() and not force:
         raise InputError(f"--out {out} exists: choose another file, or --force to replace it")
     if not out.parent.is_dir():
