@@ -168,6 +168,7 @@ def test_bad_model_names_and_weights_exit_2(tmp_path: Path, capsys) -> None:
         f"data_root={data}",
         "model=timm:test_vit",
         "data.image_size=16",
+        "batch_size=2",  # the tiny folder's training set: the weights are what is wrong
         f"model.weights={weights}",
     )
     err = capsys.readouterr().err.strip()

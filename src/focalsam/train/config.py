@@ -227,6 +227,7 @@ _NAMED_SHORT_KEYS: dict[str, str] = {
     "base_optimizer": "optim.base",
     "rho": "optim.rho",
     "gamma": "optim.focal_sam.gamma",
+    "eta": "optim.imbsam.eta",  # SSE-SAM has one too: optim.sse_sam.eta
     "run_dir": "run.dir",
 }
 
