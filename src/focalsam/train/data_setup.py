@@ -276,6 +276,41 @@ def build_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int
     return _image_lists(cfg, device, rank, world, name, transform, size)
 
 
+def train_file_loader(
+    train_set: Any, cfg: TrainConfig, device: torch.device, rank: int, world: int
+) -> DataLoader[Any]:
+    """The training set's image files, decoded in ``data.num_workers`` workers, shuffled by
+    ``run.seed`` (each process its shard under DDP), full batches only."""
+    sampler: Any = None
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
+    return DataLoader(
+        train_set,
+        cfg.train.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen if sampler is None else None,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def test_file_loader(
+    test_set: Any, cfg: TrainConfig, device: torch.device, rank: int, world: int, batch: int
+) -> DataLoader[Any]:
+    """This process's shard of the test set's image files, in order."""
+    shard = Subset(test_set, list(range(rank, len(test_set), world)))
+    workers = cfg.data.num_workers
+    return DataLoader(
+        shard, batch, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+
+
 def _image_lists(
     cfg: TrainConfig,
     device: torch.device,
@@ -300,25 +335,8 @@ def _image_lists(
     if cfg.data.verify_images:  # every image opens, before any training is spent
         verify_images(train_set)
         verify_images(test_set)
-    sampler: Any = None
-    gen = torch.Generator().manual_seed(cfg.run.seed)
-    if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
-    kw = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(
-        train_set,
-        cfg.train.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=gen if sampler is None else None,
-        drop_last=True,
-        persistent_workers=cfg.data.num_workers > 0,
-        **kw,  # type: ignore[arg-type]
-    )
-    shard = Subset(test_set, list(range(rank, len(test_set), world)))
-    test_loader = DataLoader(shard, 256, shuffle=False, **kw)  # type: ignore[arg-type]
+    train_loader = train_file_loader(train_set, cfg, device, rank, world)
+    test_loader = test_file_loader(test_set, cfg, device, rank, world, batch=256)
     counts = train_set.class_counts.tolist()
 
     def list_split(split_name: str) -> SplitSource:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from focalsam.data import DeviceLoader, ImageListDataset, verify_images
 from focalsam.data.own import OwnData, read_own_data, read_run_split, split_files
@@ -80,7 +80,13 @@ def decode_images(dataset: Dataset[tuple[Any, int]], size: int, workers: int = 4
 
 def build_own_data(cfg: Any, device: torch.device, rank: int, world: int) -> dict[str, Any]:
     """The pieces of a :class:`~focalsam.train.data_setup.TrainData` for own data."""
-    from focalsam.train.data_setup import SplitSource, _dataset_source, _EpochDataLoader
+    from focalsam.train.data_setup import (
+        SplitSource,
+        _dataset_source,
+        _EpochDataLoader,
+        test_file_loader,
+        train_file_loader,
+    )
 
     d = cfg.data
     own = read_run_split(cfg.run.dir)
@@ -100,7 +106,6 @@ def build_own_data(cfg: Any, device: torch.device, rank: int, world: int) -> dic
             assert isinstance(ds, ImageListDataset)
             verify_images(ds)
     labels = np.asarray([s[1] for s in own.train], dtype=np.int64)
-    pin = device.type == "cuda"
     cached = use_cache(d.cache, len(own.train), spec.size, d.cache_limit_gb, device.type)
     make_balanced: Callable[[], Any] | None = None
     if cached:
@@ -133,26 +138,9 @@ def build_own_data(cfg: Any, device: torch.device, rank: int, world: int) -> dic
                 **kw,
             )
     else:
-        sampler: Any = None
-        gen = torch.Generator().manual_seed(cfg.run.seed)
-        if world > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.run.seed)
-        loader = DataLoader(
-            train_set,
-            cfg.train.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=gen if sampler is None else None,
-            drop_last=True,
-            num_workers=d.num_workers,
-            persistent_workers=d.num_workers > 0,
-            pin_memory=pin,
-        )
+        loader = train_file_loader(train_set, cfg, device, rank, world)
         train = _EpochDataLoader(loader, device, cfg.run.seed)
-    shard = Subset(test_set, list(range(rank, len(test_set), world)))  # type: ignore[arg-type]
-    test_loader = DataLoader(shard, 64, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
+    test_loader = test_file_loader(test_set, cfg, device, rank, world, batch=64)
 
     def split(name: str) -> SplitSource:
         plain = own_datasets(own, test_tf, "train") if name == "train" else test_set
