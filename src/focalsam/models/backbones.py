@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from focalsam.errors import InputError, RunError
+from focalsam.models.offline import backbone_download, reachable
 
 __all__ = [
     "BACKBONE_LIBRARIES",
@@ -219,6 +220,17 @@ def _download_failed(name: str, exc: BaseException) -> RunError:
     )
 
 
+def _require_download(name: str, library: str, arch: str) -> None:
+    """Refuse, in seconds, a download of pretrained weights that cannot happen (offline and
+    not in the library's cache), before the library's own retries."""
+    host, cached = backbone_download(library, arch)
+    if not cached and not reachable(host):
+        raise InputError(
+            f"model.pretrained=true needs to download {name}'s weights, but {host} cannot be "
+            "reached (offline?); give a local file instead: model.weights=PATH"
+        )
+
+
 def build_backbone_classifier(
     name: str,
     num_classes: int,
@@ -233,6 +245,8 @@ def build_backbone_classifier(
     ``image_size`` is passed to timm models that take it (ViTs)."""
     check_backbone_name(name)
     library, arch = _split(name)
+    if pretrained:
+        _require_download(name, library, arch)
     if library == "timm":
         import timm
 

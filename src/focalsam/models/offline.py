@@ -66,3 +66,35 @@ def _hub_cached(model_id: str, filename: str) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
+
+
+def backbone_download(library: str, arch: str) -> tuple[str, bool]:
+    """Where the pretrained weights of a ``timm`` / ``torchvision`` backbone ``arch`` come
+    from: ``(host, cached)``, ``cached`` when the library's own cache already holds them."""
+    from urllib.parse import urlparse
+
+    if library == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch)
+        hub = str(getattr(cfg, "hf_hub_id", "") or "")
+        if hub:
+            return "huggingface.co", _timm_hub_cached(hub)
+        url = str(getattr(cfg, "url", "") or "")
+    else:
+        from torchvision.models import get_model_weights
+
+        url = str(get_model_weights(arch).DEFAULT.url)  # type: ignore[attr-defined]
+    import torch
+
+    cached = (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
+    return urlparse(url).hostname or "huggingface.co", cached
+
+
+def _timm_hub_cached(model_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(model_id, n), str) for n in names)
