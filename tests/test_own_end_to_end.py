@@ -106,6 +106,10 @@ def test_folder_resnet32_trains_evaluates_predicts_exports(
     report = json.loads((run / "report.json").read_text())
     counts = report["class_counts"]
     assert len(counts) == 10 and max(counts) / min(counts) >= 19  # ratio 20 (rounded counts)
+    # the per-class figures are named: the training folders, sorted, in label order
+    folders = sorted(p.name for p in (example / "train").iterdir())
+    assert report["class_names"] == folders == (run / "split" / "classes.txt").read_text().split()
+    assert len(report["last_epoch"]["per_class"]) == len(folders)
     assert main(["eval", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     preds, _, _ = _eval_predictions(run)

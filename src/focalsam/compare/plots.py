@@ -56,6 +56,10 @@ def accuracy_vs_throughput(doc: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+#: classes up to which the per-class plot names each class on its axis
+MAX_NAMED_CLASSES = 30
+
+
 def per_class(doc: dict[str, Any], path: Path) -> Path:
     """Per-class test accuracy (last epoch) against training images of the class, log x
     from head to tail; a line per optimizer = the mean over seeds, the band = min..max."""
@@ -76,6 +80,10 @@ def per_class(doc: dict[str, Any], path: Path) -> Path:
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")
     ax.invert_xaxis()
+    names = doc.get("class_names") or []
+    if names and len(names) == len(counts) and len(names) <= MAX_NAMED_CLASSES:
+        ax.set_xticks(xs, [f"{names[i]} ({counts[i]})" for i in order], rotation=60, fontsize=7)
+        ax.minorticks_off()
     ax.set_xlabel("training images of the class (log scale, head to tail)")
     ax.set_ylabel("test accuracy of the class (%)")
     ax.set_title("Per-class accuracy: mean over seeds, band = min..max")

@@ -115,6 +115,7 @@ def summarize(reports: dict[str, list[dict[str, Any]]], record: dict[str, Any]) 
         "baseline": baseline,
         "shot_preset": first.get("shot_preset"),
         "class_counts": first.get("class_counts"),
+        "class_names": first.get("class_names"),
         "accuracy": "test accuracy (fraction) at the last epoch; best_test_epoch is "
         "selected on the test set",
         "noise_rule": NOISE_RULE,

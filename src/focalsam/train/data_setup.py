@@ -35,6 +35,7 @@ from focalsam.data import (
     verify_images,
 )
 from focalsam.data.own import OWN_DATASETS
+from focalsam.errors import InputError
 from focalsam.metrics import LongTailAccuracy, default_shot_preset
 from focalsam.names import normalize_name
 from focalsam.train.config import ConfigError, TrainConfig
@@ -69,6 +70,16 @@ class TrainData:
     # own data: the test transform of one PIL image and its settings (predict, export)
     preprocess: Callable[[Any], Tensor] | None = field(default=None, repr=False)
     input_spec: dict[str, Any] | None = None
+
+    def names(self) -> list[str] | None:
+        """The class names in label order for reports, or ``None`` where the data set has
+        none to give (e.g. iNaturalist without its categories.json)."""
+        if self.class_names is None:
+            return None
+        try:
+            return list(self.class_names())
+        except InputError:
+            return None
 
     def new_metric(self) -> LongTailAccuracy:
         """An empty accumulator of per-class and many/medium/few accuracy for this data."""

@@ -18,6 +18,7 @@ def build_report(
     select: str,
     class_counts: list[int],
     config: dict[str, Any],
+    class_names: list[str] | None = None,
     passes_per_step: tuple[float, float] | None = None,
     peak_gpu_memory_mb: float | None = None,
 ) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def build_report(
         "shot_preset": shot_preset,
         "select": select,
         "class_counts": class_counts,
+        "class_names": class_names,
         "seconds_per_epoch": sum(r["epoch_seconds"] for r in history) / max(1, len(history)),
         "wall_seconds": sum(r["epoch_seconds"] for r in history),
         "images_per_second": sum(throughputs) / len(throughputs) if throughputs else None,

@@ -185,6 +185,7 @@ class Trainer:
             select=self.cfg.train.select,
             class_counts=p.data.class_counts,
             config=to_dict(self.cfg),
+            class_names=p.data.names(),
             passes_per_step=self._passes_per_step(),
             peak_gpu_memory_mb=peak,
         )
