@@ -58,7 +58,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bn_update", [*DEMO, "bn_update=never"], "optim.bn_update must be one of"),
     ("dataset", [*DEMO, "dataset=foo"], "data.name must be one of"),
     ("image_folder", [*DEMO, "dataset=image_folder"], "image_folder"),
-    ("shot_preset", [*DEMO, "shot_preset=foo"], "data.shot_preset must be one of"),
+    ("shot_preset", [*DEMO, "shot_preset=foo"], "data.shot_preset: unknown shot preset 'foo'"),
+    (
+        "shot_preset relative",
+        [*DEMO, "shot_preset=relative:0.04,0.2"],
+        "data.shot_preset: shot preset 'relative:0.04,0.2': the fractions must satisfy",
+    ),
     ("profile", [*DEMO, "profile=linear"], "data.profile must be one of"),
     (
         "imbalance_ratio",

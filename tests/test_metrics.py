@@ -220,3 +220,36 @@ def test_ddp_counts_are_summed_across_ranks(tmp_path):
 def test_doctests():
     for mod in (accuracy_mod, shots_mod):
         assert doctest.testmod(mod, raise_on_error=False).failed == 0
+
+
+def test_relative_shot_thresholds_scale_with_the_largest_class():
+    from focalsam.metrics import check_shot_preset, shot_groups, shot_thresholds
+
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT r100
+    relative = shot_groups(counts, "relative:0.2,0.04")
+    absolute = shot_groups(counts, thresholds=(1000, 200))  # 0.2 and 0.04 of 5000
+    for group in ("many", "medium", "few"):
+        assert getattr(relative, group).tolist() == getattr(absolute, group).tolist()
+    assert relative.few.tolist() == [False] * 7 + [True] * 3
+    th = shot_thresholds("relative:0.2,0.04", [500, 60, 5])
+    assert (th.many_above, th.few_below, th.name) == (100, 20, "relative:0.2,0.04")
+    for bad, fragment in [
+        ("relative:0.04,0.2", "0 <= F <= M <= 1"),
+        ("relative:0.2", "two fractions"),
+        ("relative:a,b", "two fractions"),
+        ("nope", "unknown shot preset"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            check_shot_preset(bad)
+    with pytest.raises(ValueError, match="needs the class counts"):
+        shot_thresholds("relative:0.2,0.04")
+
+
+def test_the_summary_names_relative_thresholds_in_images_and_an_empty_group():
+    from focalsam.train.report import summary_table
+
+    selected = {"overall": 0.5, "many": 0.9, "medium": 0.4, "few": None}
+    rows = {"focal_sam": {"selected": selected, "class_counts": [400, 150, 40]}}
+    head = summary_table(rows, "relative:0.25,0.05", "last").splitlines()[0]
+    assert "preset 'relative:0.25,0.05' (many > 100, medium 20..100, few < 20)" in head
+    assert "(no few-shot classes: n/a)" in head

@@ -18,9 +18,11 @@ from focalsam.metrics.shots import (
     SHOT_PRESETS,
     ShotGroups,
     ShotThresholds,
+    check_shot_preset,
     default_shot_preset,
     list_shot_presets,
     shot_groups,
+    shot_thresholds,
 )
 
 __all__ = [
@@ -30,11 +32,13 @@ __all__ = [
     "ShotThresholds",
     "class_correct_total",
     "confusion_matrix",
+    "check_shot_preset",
     "default_shot_preset",
     "list_shot_presets",
     "long_tail_summary",
     "per_class_accuracy",
     "shot_accuracy",
     "shot_groups",
+    "shot_thresholds",
     "to_predictions",
 ]

@@ -12,6 +12,10 @@ Presets:
 - ``"cifar100-lt-r100"`` (CIFAR-100-LT, ratio 100, as in the Focal-SAM code): few < 20,
   medium 20..100, many > 100.
 
+Relative thresholds, for data sets of any size: ``"relative:M,F"`` with fractions
+``0 <= F <= M <= 1`` of the largest class's count ``n_max``: many > ``M * n_max``, few <
+``F * n_max`` (``"relative:0.2,0.04"`` is the standard preset for ``n_max = 500``).
+
 CIFAR-LT has no single convention, so reports should always name the preset used.
 """
 
@@ -25,12 +29,15 @@ from focalsam.class_counts import CountsLike, validate_class_counts
 from focalsam.names import normalize_name
 
 __all__ = [
+    "RELATIVE_PREFIX",
     "SHOT_PRESETS",
     "ShotGroups",
     "ShotThresholds",
     "default_shot_preset",
+    "check_shot_preset",
     "list_shot_presets",
     "shot_groups",
+    "shot_thresholds",
 ]
 
 
@@ -99,7 +106,54 @@ class ShotGroups:
         return {"many": self.many, "medium": self.medium, "few": self.few}
 
 
-def _resolve(preset: str | ShotThresholds | None, thresholds: tuple[float, float] | None):
+#: the prefix of a relative preset: ``"relative:M,F"``
+RELATIVE_PREFIX = "relative:"
+
+
+def _relative(preset: str) -> tuple[float, float]:
+    """``"relative:M,F"`` -> ``(M, F)``, or ``ValueError`` naming what was expected."""
+    body = preset[len(RELATIVE_PREFIX) :]
+    try:
+        many, few = (float(x) for x in body.split(","))
+    except ValueError:
+        raise ValueError(
+            f"shot preset {preset!r}: expected relative:M,F with two fractions of the largest "
+            "class, e.g. relative:0.2,0.04"
+        ) from None
+    if not 0 <= few <= many <= 1:
+        raise ValueError(
+            f"shot preset {preset!r}: the fractions must satisfy 0 <= F <= M <= 1 "
+            f"(many > M * n_max, few < F * n_max), got M={many:g}, F={few:g}"
+        )
+    return many, few
+
+
+def check_shot_preset(preset: str) -> None:
+    """``ValueError`` unless ``preset`` is a preset name or a valid ``"relative:M,F"``."""
+    if preset.startswith(RELATIVE_PREFIX):
+        _relative(preset)
+    elif preset not in SHOT_PRESETS:
+        raise ValueError(
+            f"unknown shot preset {preset!r}; valid presets: {', '.join(list_shot_presets())}, "
+            "or relative:M,F (fractions of the largest class)"
+        )
+
+
+def shot_thresholds(preset: str, class_counts: CountsLike | None = None) -> ShotThresholds:
+    """The absolute thresholds of ``preset`` for these training counts (a relative preset
+    scales with the largest count, so it needs them).
+
+    >>> shot_thresholds("relative:0.2,0.04", [500, 60, 5]).describe()
+    'relative:0.2,0.04: many > 100, medium 20..100, few < 20'
+    """
+    return _resolve(preset, None, class_counts)
+
+
+def _resolve(
+    preset: str | ShotThresholds | None,
+    thresholds: tuple[float, float] | None,
+    class_counts: CountsLike | None = None,
+) -> ShotThresholds:
     if thresholds is not None:
         if preset not in (None, "standard"):
             raise ValueError("give either a preset or thresholds, not both")
@@ -109,10 +163,13 @@ def _resolve(preset: str | ShotThresholds | None, thresholds: tuple[float, float
         preset = "standard"
     if isinstance(preset, ShotThresholds):
         return preset
-    if preset not in SHOT_PRESETS:
-        raise ValueError(
-            f"unknown shot preset {preset!r}; valid presets: {', '.join(list_shot_presets())}"
-        )
+    check_shot_preset(preset)
+    if preset.startswith(RELATIVE_PREFIX):
+        if class_counts is None:
+            raise ValueError(f"shot preset {preset!r} is relative: it needs the class counts")
+        many, few = _relative(preset)
+        n_max = float(validate_class_counts(class_counts, min_count=0).max())
+        return ShotThresholds(many * n_max, few * n_max, preset)
     return SHOT_PRESETS[preset]
 
 
@@ -129,7 +186,7 @@ def shot_groups(
     >>> g.many.tolist(), g.medium.tolist(), g.few.tolist()
     ([True, False, False], [False, True, False], [False, False, True])
     """
-    th = _resolve(preset, thresholds)
+    th = _resolve(preset, thresholds, class_counts)
     n = validate_class_counts(class_counts, min_count=0)
     many = n > th.many_above
     few = n < th.few_below

@@ -58,7 +58,11 @@ class DataConfig:
     train_list: str | None = _f(None, "ImageNet-LT / iNaturalist: training list file")
     test_list: str | None = _f(None, "ImageNet-LT / iNaturalist: test list file")
     num_workers: int = _f(4, "DataLoader workers for image-file datasets")
-    shot_preset: str | None = _f(None, "many/medium/few thresholds (default: by dataset)")
+    shot_preset: str | None = _f(
+        None,
+        "many/medium/few thresholds: a preset, or relative:M,F (fractions of the largest "
+        "class; default: by dataset)",
+    )
     verify_images: bool = _f(True, "image lists: check every image opens before training")
     image_size: int | None = _f(None, "input resolution (default: the model's, e.g. 224 for CLIP)")
     transform: str = _f("auto", "auto | standard | clip | imagenet_r50 | inat_r50")

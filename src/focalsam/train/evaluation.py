@@ -84,5 +84,6 @@ def evaluate_run(
         "checkpoint": str(loaded.checkpoint),
         "epoch": loaded.payload.get("epoch"),
         "shot_preset": data.shot_preset,
+        "class_counts": data.class_counts,
         **result,
     }

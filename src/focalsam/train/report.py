@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -70,12 +71,12 @@ def pct(value: Any, width: int = 6) -> str:
 
 def summary_table(rows: dict[str, dict[str, Any]], shot_preset: str, select: str) -> str:
     """Test accuracy per group, one row per named report."""
-    from focalsam.metrics import SHOT_PRESETS
+    from focalsam.metrics import shot_thresholds
 
-    known = SHOT_PRESETS.get(shot_preset)
+    counts = next((r["class_counts"] for r in rows.values() if r.get("class_counts")), None)
     named = f"preset {shot_preset!r}"
-    if known:
-        named += f" ({known.describe().split(': ', 1)[1]})"
+    with contextlib.suppress(ValueError):  # a relative preset without counts to scale it
+        named += f" ({shot_thresholds(shot_preset, counts).describe().split(': ', 1)[1]})"
     empty = sorted(
         {g for rep in rows.values() for g in GROUPS[1:] if _is_missing(rep["selected"].get(g))}
     )

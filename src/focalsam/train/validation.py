@@ -13,7 +13,7 @@ from typing import Any
 from focalsam.data.own import OWN_DATASETS, check_own_data_config
 from focalsam.data.transforms import RECIPES
 from focalsam.errors import InputError
-from focalsam.metrics import SHOT_PRESETS
+from focalsam.metrics import check_shot_preset
 from focalsam.models import MODELS
 from focalsam.models.backbones import check_backbone_name, is_backbone_name
 from focalsam.models.tuning import TUNING_METHODS
@@ -194,7 +194,10 @@ def validate_config(cfg: Any) -> None:
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
     if d.shot_preset is not None:
-        _choice("data.shot_preset", d.shot_preset, sorted(SHOT_PRESETS))
+        try:
+            check_shot_preset(d.shot_preset)
+        except ValueError as exc:
+            raise ConfigError(f"data.shot_preset: {exc}") from None
     if not is_backbone_name(m.name):
         _choice("model.name", m.name, MODELS)
     try:
