@@ -82,3 +82,46 @@ def test_cache_auto_only_on_a_gpu_within_the_limit() -> None:
     assert not use_cache("auto", 1000, 64, 4.0, "cpu")
     assert not use_cache("auto", 100_000, 224, 4.0, "cuda")  # 15 GB > 4 GiB
     assert use_cache("ram", 100_000, 224, 4.0, "cpu") and not use_cache("off", 1, 8, 4.0, "cuda")
+
+
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "timm:test_vit"])
+@pytest.mark.parametrize("tuning", ["bias", "layernorm"])
+def test_bias_and_norm_tuning_train_only_those_and_the_head(name: str, tuning: str) -> None:
+    pytest.importorskip("timm" if name.startswith("timm") else "torchvision")
+    from torch import nn
+
+    from focalsam.models.backbones import build_backbone_classifier
+
+    torch.manual_seed(0)
+    model = build_backbone_classifier(name, 5, image_size=32, tuning=tuning)
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    norm_params = {
+        id(p) for m in model.backbone.modules() if isinstance(m, norms) for p in m.parameters()
+    }
+    expected = {
+        n
+        for n, p in model.backbone.named_parameters()
+        if (n.endswith(".bias") if tuning == "bias" else id(p) in norm_params)
+    }
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == expected and expected  # some, and only those
+    assert all(p.requires_grad for p in model.fc.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4))
+    loss.backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved <= {f"backbone.{n}" for n in expected} | {"fc.weight", "fc.bias"}
+    assert {"fc.weight", "fc.bias"} <= moved
+
+
+def test_a_frozen_backbone_refuses_partial_tuning() -> None:
+    from focalsam.train.config import make_config
+    from focalsam.train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="choose one"):
+        make_config(
+            "demo",
+            overrides={"model": "timm:test_vit", "freeze": "backbone", "model.tuning": "bias"},
+        )

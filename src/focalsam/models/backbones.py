@@ -34,6 +34,10 @@ __all__ = [
 
 BACKBONE_LIBRARIES = ("timm", "torchvision")
 FREEZE = ("none", "backbone")
+#: ``model.tuning`` of a backbone: every weight, the biases only (BitFit), or the
+#: normalization layers only (LayerNorm, GroupNorm, BatchNorm); the new head always trains
+BACKBONE_TUNING = ("full", "bias", "layernorm")
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -137,19 +141,39 @@ class BackboneClassifier(nn.Module):
 
     ``freeze="backbone"`` trains only ``fc``: the backbone's parameters do not require
     gradients and its BatchNorm statistics stay as loaded (the backbone stays in eval mode).
+    ``tuning`` (:data:`BACKBONE_TUNING`): ``"bias"`` trains the backbone's biases only,
+    ``"layernorm"`` its normalization layers' weights and biases only, ``"full"`` all.
     """
 
     def __init__(
-        self, backbone: nn.Module, num_features: int, num_classes: int, freeze: str
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        num_classes: int,
+        freeze: str,
+        tuning: str = "full",
     ) -> None:
         super().__init__()
         if freeze not in FREEZE:
             raise InputError(f"model.freeze must be one of {', '.join(FREEZE)}; got {freeze!r}")
+        if tuning not in BACKBONE_TUNING:
+            raise InputError(
+                f"model.tuning of a backbone must be one of {', '.join(BACKBONE_TUNING)}; "
+                f"got {tuning!r}"
+            )
         self.backbone = backbone
         self.fc = nn.Linear(num_features, num_classes)
         self.frozen = freeze == "backbone"
         if self.frozen:
             self.backbone.requires_grad_(False)
+        elif tuning == "bias":
+            for name, p in self.backbone.named_parameters():
+                p.requires_grad_(name.rsplit(".", 1)[-1] == "bias")
+        elif tuning == "layernorm":
+            self.backbone.requires_grad_(False)
+            for m in self.backbone.modules():
+                if isinstance(m, _NORMS):
+                    m.requires_grad_(True)
 
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)  # type: ignore[no-any-return]
@@ -239,6 +263,7 @@ def build_backbone_classifier(
     weights: str | None = None,
     pretrained: bool = False,
     freeze: str = "none",
+    tuning: str = "full",
 ) -> BackboneClassifier:
     """``timm:<arch>`` or ``torchvision:<arch>`` with a new ``num_classes`` head; weights from
     ``weights`` (a local file) or the library's download (``pretrained``), else random.
@@ -265,7 +290,7 @@ def build_backbone_classifier(
         if weights:
             _load_weights(model, read_state_dict(weights), head, name, weights)
         timm_model.reset_classifier(0)
-        return BackboneClassifier(model, int(timm_model.num_features), num_classes, freeze)
+        return BackboneClassifier(model, int(timm_model.num_features), num_classes, freeze, tuning)
     from torchvision.models import get_model
 
     try:
@@ -282,4 +307,4 @@ def build_backbone_classifier(
         _load_weights(model, read_state_dict(weights), head, name, weights)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
-    return BackboneClassifier(model, int(last.in_features), num_classes, freeze)
+    return BackboneClassifier(model, int(last.in_features), num_classes, freeze, tuning)

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from focalsam.errors import InputError
+from focalsam.models.backbones import BACKBONE_TUNING, is_backbone_name
 from focalsam.train.errors import ConfigError
 
 MAX_SEED = 2**32 - 1
@@ -68,7 +69,8 @@ def check_config_limits(cfg: Any, *, clip: bool) -> None:
         check_at_most("model.adapter_bottleneck", m.adapter_bottleneck, MAX_ADAPTER_BOTTLENECK)
     check_at_most("model.lora_rank", m.lora_rank, MAX_LORA_RANK)
     check_at_most("model.vpt_tokens", m.vpt_tokens, MAX_VPT_TOKENS)
-    if not clip and m.tuning not in PLAIN_TUNING:
+    backbone_tuning = is_backbone_name(m.name) and m.tuning in BACKBONE_TUNING
+    if not clip and m.tuning not in PLAIN_TUNING and not backbone_tuning:
         raise ConfigError(
             f"model.tuning={m.tuning} is parameter-efficient tuning of a CLIP tower; "
             f"{m.name} has none and would train every weight (use a clip_* model, or drop it)"

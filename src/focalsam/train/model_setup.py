@@ -14,7 +14,11 @@ import torch
 from torch import nn
 
 from focalsam.models import create_model
-from focalsam.models.backbones import build_backbone_classifier, is_backbone_name
+from focalsam.models.backbones import (
+    BACKBONE_TUNING,
+    build_backbone_classifier,
+    is_backbone_name,
+)
 from focalsam.names import normalize_name
 from focalsam.train.checkpoint import CheckpointError
 from focalsam.train.config import TrainConfig
@@ -40,6 +44,7 @@ def build_model(
             weights=m.weights if text_init else None,
             pretrained=m.pretrained and text_init,
             freeze=m.freeze,
+            tuning=m.tuning if m.tuning in BACKBONE_TUNING else "full",  # default: every weight
         ).to(device)
         if cfg.run.channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -128,6 +128,11 @@ def check_model(cfg: Any) -> None:
     else:
         check_backbone_name(m.name)
         _choice("model.freeze", m.freeze, ("none", "backbone"))
+        if m.freeze == "backbone" and m.tuning in ("bias", "layernorm"):
+            raise ConfigError(
+                f"model.freeze=backbone trains the head only; model.tuning={m.tuning} would "
+                "train part of the backbone: choose one"
+            )
         if m.weights is not None and m.pretrained:
             raise ConfigError("choose one of model.weights=PATH and model.pretrained=true")
         if m.weights is not None and not Path(m.weights).is_file():
