@@ -269,3 +269,22 @@ def test_hf_path_end_to_end(example: Path, tmp_path: Path, capsys: Any) -> None:
     assert main(["predict", str(run), str(example / "test" / "two"), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 5
     _check_exports(run, tmp_path, ("safetensors",))
+
+
+def test_hf_parquet_folder_reads_like_save_to_disk(example: Path, tmp_path: Path) -> None:
+    """The same dataset as parquet files (train-*.parquet, test-*.parquet) gives the same
+    splits, class names and labels as its save_to_disk copy: the ClassLabel survives."""
+    datasets = pytest.importorskip("datasets")
+    from focalsam.data.own_hf import _open
+
+    saved = tmp_path / "saved"
+    _hf_dataset(example, saved, with_test=True)
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    for name, split in datasets.load_from_disk(str(saved)).items():
+        split.to_parquet(str(parquet / f"{name}-00000-of-00001.parquet"))
+    a, b = _open(saved), _open(parquet)
+    assert sorted(a) == sorted(b) == ["test", "train"]
+    for name in a:
+        assert b[name].features["kind"].names == a[name].features["kind"].names
+        assert b[name]["kind"] == a[name]["kind"]
