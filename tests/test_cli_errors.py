@@ -123,7 +123,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("run dir not writable", [*DEMO, "run_dir={tmp}/list.yaml/run"], "is not writable"),
     ("run dir taken", [*DEMO, "run_dir={run}"], "already exists and is not empty"),
-    ("resume missing", ["train", "--resume", "{tmp}/no-such-run"], "a focalsam run directory?"),
+    ("resume missing", ["train", "--resume", "{tmp}/no-such-run"], "no-such-run does not exist"),
     (
         "resume changes lr",
         ["train", "--resume", "{run}", "lr=0.5"],
@@ -139,7 +139,7 @@ CASES: list[tuple[str, list[str], str]] = [
         ["train", "--resume", "{run}", "--preset", "demo"],
         "--resume takes the run's own config",
     ),
-    ("eval missing run", ["eval", "{tmp}/no-such-run"], "a focalsam run directory?"),
+    ("eval missing run", ["eval", "{tmp}/no-such-run"], "no-such-run does not exist"),
     (
         "eval missing checkpoint",
         ["eval", "{run}", "--checkpoint", "best"],

@@ -35,6 +35,8 @@ RESUMABLE = frozenset(
 
 def run_config_path(run: Path) -> Path:
     """``RUN/config.yaml`` for a run directory or a checkpoint inside it."""
+    if not run.exists():
+        raise ConfigError(f"{run} does not exist: expected a focalsam run directory")
     folder = run if run.is_dir() else run.parent
     path = folder / "config.yaml"
     if not path.is_file():
