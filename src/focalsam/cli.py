@@ -277,7 +277,10 @@ def cmd_make_example(args: argparse.Namespace) -> int:
         f"{args.imbalance_ratio:g})" + ("" if args.no_test else f", test {counts['test'][0]} each")
     )
     print("next:")
-    print(f"  focalsam train dataset=folder data_root={args.folder} epochs=5 run_dir=runs/example")
+    print(
+        f"  focalsam train dataset=folder data_root={args.folder} model=small_cnn epochs=10 "
+        "run_dir=runs/example"
+    )
     print(f"  focalsam predict runs/example {args.folder}/test --out predictions.csv")
     print("  focalsam export runs/example --format onnx --out model.onnx")
     return 0
