@@ -42,12 +42,28 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkey
     run = tmp_path / "run"
     rc = main([*TRAIN, "--epochs", "2", f"run_dir={run}"])
     err = _lines(capsys.readouterr().err)
-    # exit 1 once CheckpointWriteError is a RunError; 2 while it is still an InputError
-    assert rc == (1 if issubclass(CheckpointWriteError, RunError) else 2)
+    assert issubclass(CheckpointWriteError, RunError) and rc == 1  # a run-time failure
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert str(run / "last.pt") in err[0] and "No space left on device" in err[0]
     assert "MiB free at" in err[0] and "previous checkpoint was kept" in err[0]
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_no_permission_to_write_a_checkpoint_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """EACCES (simulated: the tests run as root, whom file modes do not stop)."""
+    import focalsam.train.checkpoint as checkpoint
+
+    def save(*_a, **_k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    run = tmp_path / "run"
+    rc = main([*TRAIN, f"run_dir={run}"])
+    err = _lines(capsys.readouterr().err)
+    assert rc == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    assert str(run / "last.pt") in err[0] and "Permission denied" in err[0], err
+    assert not (run / "last.pt").exists()
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
