@@ -142,7 +142,10 @@ def test_out_inside_a_run_and_unreadable_runs_are_refused(runs, tmp_path, capsys
     rc = main(["analyze", str(runs["sgd"]), "--out", str(runs["sgd"] / "analysis"), *SMALL])
     assert rc == 2 and "never writes into a run" in capsys.readouterr().err
     rc = main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), *SMALL])
-    assert rc == 2 and "config.yaml not found" in capsys.readouterr().err
+    assert rc == 2 and "nope does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()  # a folder, but no run in it
+    rc = main(["analyze", str(tmp_path / "empty"), "--out", str(tmp_path / "a"), *SMALL])
+    assert rc == 2 and "empty/config.yaml not found" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 
