@@ -62,8 +62,8 @@ def test_11_a_missing_test_image_fails_before_training(lists, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_11_an_unknown_shot_preset_fails_at_the_config():
-    with pytest.raises(ConfigError, match="data.shot_preset must be one of"):
+def test_an_unknown_shot_preset_fails_at_the_config():
+    with pytest.raises(ConfigError, match="data.shot_preset: unknown shot preset"):
         make_config("demo", overrides=["shot_preset=cifar-lt-medium"])
 
 
