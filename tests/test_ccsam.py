@@ -309,16 +309,18 @@ def test_resume_equals_uninterrupted(mode):
     kw = dict(mode=mode, rho=0.2, momentum=0.9, weight_decay=1e-3, lr=0.05)
 
     full = tiny_model()
-    opt = ccsam_on(full, **kw)
+    full_opt = ccsam_on(full, **kw)
     for x, y in batches:
-        opt.step(per_sample_ce(full, x, y), y)
+        full_opt.step(per_sample_ce(full, x, y), y)
 
     first = tiny_model()
     opt = ccsam_on(first, **kw)
     for x, y in batches[:3]:
         opt.step(per_sample_ce(first, x, y), y)
     ckpt = checkpoint_roundtrip({"model": first.state_dict(), "optim": opt.state_dict()})
-    assert set(ckpt["optim"]) == {"state", "param_groups"}
+    # network mode also saves the group-wise engine's pass counts
+    engine_keys = {"groupwise"} if mode == "network" else set()
+    assert set(ckpt["optim"]) == {"state", "param_groups"} | engine_keys
 
     resumed = tiny_model(seed=123)
     resumed.load_state_dict(ckpt["model"])
@@ -328,6 +330,10 @@ def test_resume_equals_uninterrupted(mode):
         opt.step(per_sample_ce(resumed, x, y), y)
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+    assert opt.passes_per_step() == full_opt.passes_per_step()
+    if mode == "network":
+        assert opt.passes_per_step() is not None
+        assert opt.param_groups is opt.base_optimizer.param_groups  # shared after a load
 
 
 # ---------------------------------------------------- mixed precision

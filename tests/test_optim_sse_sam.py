@@ -1,7 +1,7 @@
 """SSE-SAM and the group-wise engine: an independent reference from the paper's equations,
 the stage switch (and across a resume), batches without a tail sample, AMP, clipping,
-BatchNorm, DDP, the trainer and the compare command; CC-SAM's network mode through the
-group-wise engine equals ``CCSAM(mode="network")``."""
+BatchNorm, DDP, the trainer and the compare command; CC-SAM's network mode, which steps
+through the group-wise engine, equals a reference of its per-class loop."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from focalsam.optim import CCSAM, SAM, ImbSAM, InvalidHyperparameterError, get_method
-from focalsam.optim.ccsam_groupwise import GroupwiseCCSAM
+from focalsam.optim.ccsam import GroupwiseCCSAM
 from focalsam.optim.sse_sam import SSESAM, cut_epoch, sse_sam_groups
 from focalsam.train import ConfigError, TrainingInterrupted
 
@@ -387,28 +387,121 @@ def test_ddp_default_all_reduces_the_gradient_once_per_step(tmp_path):
 
 
 # ------------------------------------------------------------- CC-SAM network mode
+def reference_ccsam_network(
+    model: nn.Module,
+    batches: list[tuple[Tensor, Tensor]],
+    counts: list[int],
+    rhos: list[float],
+    split: int,
+    flat_ratio: float,
+) -> None:
+    """CC-SAM's network mode as a per-class loop, in place on ``model`` (BatchNorm
+    statistics update in every forward): per class ``c`` present, in label order,
+    ``g_c`` = gradient of the class's mean loss, ``rho_t * sqrt(||w|| / ||g_c||) P^(1/4) /
+    (sqrt(2) (n_c - 1)^(1/4))`` along ``g_c / ||g_c||`` (tensor ``t``'s ``rho``: ``rhos[0]``
+    for the first ``split`` tensors), the class's perturbed losses times ``f / B``, then
+    the clean mean times ``1 - f``; SGD with momentum and coupled weight decay."""
+    params = list(model.parameters())
+    rho_of = [rhos[0] if i < split else rhos[1] for i in range(len(params))]
+    num = sum(p.numel() for p in params)
+    momentum = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        grad = [torch.zeros_like(p) for p in params]
+        w_norm = torch.sqrt(sum(p.detach().square().sum() for p in params))
+        for c in torch.unique(y).tolist():
+            if flat_ratio == 0:
+                break
+            member = y == c
+            g_c = torch.autograd.grad(losses[member].mean(), params, retain_graph=True)
+            g_norm = torch.sqrt(sum(g.square().sum() for g in g_c))
+            scale = num**0.25 / (math.sqrt(2) * (counts[c] - 1) ** 0.25)
+            radius = torch.sqrt(w_norm / g_norm) * scale
+            theta = [p.detach().clone() for p in params]
+            for p, g, rho in zip(params, g_c, rho_of):  # .data: the clean graph stays valid
+                p.data.add_(rho * radius * g / g_norm)
+            shifted = F.cross_entropy(model(x), y, reduction="none")
+            g_shift = torch.autograd.grad(shifted[member].sum() * flat_ratio / len(y), params)
+            for p, t in zip(params, theta):
+                p.data.copy_(t)
+            grad = [a + b for a, b in zip(grad, g_shift)]
+        clean = torch.autograd.grad(losses.mean() * (1 - flat_ratio), params)
+        with torch.no_grad():
+            for p, m, a, b in zip(params, momentum, grad, clean):
+                m.mul_(SGD["momentum"]).add_(a + b + SGD["weight_decay"] * p)
+                p.sub_(SGD["lr"] * m)
+
+
 @pytest.mark.parametrize("flat_ratio", [0.0, 0.6, 1.0])
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_ccsam_network_mode_through_the_groupwise_engine(flat_ratio, batchnorm):
+def test_ccsam_network_mode_equals_its_per_class_loop(flat_ratio, batchnorm):
     counts = [50, 20, 6, 3]
-    a, b = tiny_model(batchnorm=batchnorm), tiny_model(batchnorm=batchnorm)
-
-    def groups(model: nn.Module) -> list[dict]:
-        params = list(model.parameters())
-        return [{"params": params[:2], "rho": 0.3}, {"params": params[2:], "rho": 0.1}]
-
-    kw = dict(class_counts=counts, flat_ratio=flat_ratio, **SGD)
-    opt_a = CCSAM(groups(a), torch.optim.SGD, mode="network", model=a, **kw)
-    opt_b = GroupwiseCCSAM(groups(b), torch.optim.SGD, model=b, **kw)
+    ours, ref = tiny_model(batchnorm=batchnorm), tiny_model(batchnorm=batchnorm)
+    params = list(ours.parameters())
+    groups = [{"params": params[:2], "rho": 0.3}, {"params": params[2:], "rho": 0.1}]
+    opt = CCSAM(
+        groups,
+        torch.optim.SGD,
+        mode="network",
+        model=ours,
+        class_counts=counts,
+        flat_ratio=flat_ratio,
+        **SGD,
+    )
+    assert isinstance(opt._network, GroupwiseCCSAM)  # it steps through the engine
     batches = tiny_batches(4, batch=12, seed=2)
     batches[1] = (batches[1][0], torch.tensor([0, 1, 0, 1, 1, 0, 2, 1, 0, 2, 1, 2]))  # no class 3
     for x, y in batches:
-        opt_a.step(ce(a, x, y), y)
-        opt_b.step(ce(b, x, y), y)
-    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        opt.step(ce(ours, x, y), y)
+    reference_ccsam_network(ref, batches, counts, [0.3, 0.1], 2, flat_ratio)
+    for (k, p), q in zip(ours.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-12, rtol=0, msg=k)
     if flat_ratio > 0:
-        assert max_diff(a, tiny_model(batchnorm=batchnorm)) > 1e-3  # it did move
+        assert max_diff(ours, tiny_model(batchnorm=batchnorm)) > 1e-3  # it did move
+        assert sorted(opt.last_radii) == torch.unique(batches[-1][1]).tolist()
+
+
+def _ccsam_ddp_worker(rank: int, world: int, out: str) -> None:
+    model = DDP(tiny_model(batchnorm=False))
+    opt = CCSAM(
+        model.module.parameters(),
+        torch.optim.SGD,
+        mode="network",
+        model=model,
+        ascent_all_reduce=True,
+        class_counts=[50, 20, 6, 3],
+        flat_ratio=0.6,
+        rho=0.3,
+        **SGD,
+    )
+    for x, y in _ddp_batches():
+        xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+        opt.step(lambda xs=xs, ys=ys: F.cross_entropy(model(xs), ys, reduction="none"), ys)
+    torch.save([p.detach() for p in model.module.parameters()], f"{out}.{rank}")
+
+
+def test_ccsam_network_mode_under_ddp_with_the_ascent_all_reduce_equals_one_process(tmp_path):
+    """Each class's radius takes its mean gradient over the global batch: class counts
+    and batch sizes are all-reduced with the plan (replica 0 lacks classes 2 and 3 in the
+    second batch)."""
+    out = str(tmp_path / "result")
+    run_gloo(_ccsam_ddp_worker, 2, tmp_path / "store", out)
+    single = tiny_model(batchnorm=False)
+    opt = CCSAM(
+        single.parameters(),
+        torch.optim.SGD,
+        mode="network",
+        class_counts=[50, 20, 6, 3],
+        flat_ratio=0.6,
+        rho=0.3,
+        **SGD,
+    )
+    for x, y in _ddp_batches():
+        opt.step(ce(single, x, y), y)
+    for rank in range(2):
+        for p, q in zip(torch.load(f"{out}.{rank}", weights_only=True), single.parameters()):
+            torch.testing.assert_close(p, q.detach(), atol=1e-12, rtol=0)
+    assert max_diff(single, tiny_model(batchnorm=False)) > 1e-3
 
 
 # ------------------------------------------------------------- registry and compare

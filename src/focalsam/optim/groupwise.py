@@ -17,9 +17,10 @@ the batch has ``L_k = 0`` and is skipped too. So a step costs one forward pass a
 clean backward pass when ``c != 0`` or a group present has radius 0.
 
 The radius ``r_k`` comes from a :class:`GroupRadius` (fixed radii: :class:`FixedRadii`;
-CC-SAM's class-conditioned radius: :mod:`focalsam.optim.ccsam_groupwise`), multiplied
+CC-SAM's class-conditioned radius: :mod:`focalsam.optim.ccsam.network`), multiplied
 per tensor by its parameter group's ``rho`` (a schedule on ``rho`` scales every group's
-radius alike).
+radius alike). With ``per_tensor=True`` each parameter tensor ``t`` is normalized apart:
+``eps_{k,t} = r_{k,t} grad_t L_k / ||grad_t L_k||``, the radius taking the tensor's norm.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -68,8 +69,10 @@ class GroupRadius(Protocol):
     """The radius of each group: ``active(k)`` says whether group ``k`` is perturbed at
     all (its radius can be above 0); ``radius(k, grad_norm, size, batch, params)`` is
     ``r_k`` for this step, from ``||grad L_k(theta)||`` (``L_k`` averaged over the whole
-    batch), the group's sample count ``size`` in a batch of ``batch`` samples and the
-    parameters at ``theta``."""
+    batch; with per-tensor normalization a tensor of one norm per parameter tensor, and
+    the radius then one per tensor or one for all), the group's sample count ``size`` in a
+    batch of ``batch`` samples (the batch ``grad L_k`` comes from: under DDP with the
+    ascent all-reduce, all replicas' together) and the parameters at ``theta``."""
 
     def active(self, group: int) -> bool: ...
 
@@ -123,13 +126,15 @@ class GroupwiseSAM(WrappedOptimizer):
             before its ascent, so a DDP run equals one process on the global batch (one
             all-reduce per perturbed group). Off: ``eps_k`` is per replica.
         max_grad_norm: clip the final gradient to this norm before the base step.
+        per_tensor: normalize each parameter tensor apart (``eps_{k,t}`` along
+            ``grad_t L_k / ||grad_t L_k||``); default: the whole vector, as SAM.
         check_finite: raise :class:`NonFiniteLossError` (no step taken) when a forward
             pass returns NaN/inf losses.
         strict_checks: ``None`` or ``True``. A step plans its passes on the groups
             present in the batch, which it reads on the host together with the label
             and loss checks (one sync per step; under DDP the replicas add their group
-            counts with one all-reduce of ``G`` numbers, so every replica runs the same
-            passes). ``False`` (sync-free steps) is refused.
+            counts and batch sizes with one all-reduce of ``G + 1`` numbers, so every
+            replica runs the same passes). ``False`` (sync-free steps) is refused.
         sam_every: ``k >= 1``; step ``i`` (counted from 0, saved in the state dict) is
             sharpness-aware when ``i % k == 0``, the others take one pass with
             ``eps = 0``: ``g = grad (1/B) sum_i (c + w) l_i(theta)``.
@@ -144,7 +149,9 @@ class GroupwiseSAM(WrappedOptimizer):
     would have to hold for every group at once; the registry refuses ``accum_steps > 1``.
 
     :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
-    the state dict); :meth:`passes_per_step` is their mean.
+    the state dict); :meth:`passes_per_step` is their mean. :attr:`last_radii` holds,
+    for each group perturbed in the last step, its radius ``rho_t * r_k`` (one number,
+    or one per parameter tensor when they differ).
     """
 
     def __init__(
@@ -161,6 +168,7 @@ class GroupwiseSAM(WrappedOptimizer):
         bn_update: BatchNormUpdate = "both",
         ascent_all_reduce: bool = False,
         max_grad_norm: float | None = None,
+        per_tensor: bool = False,
         check_finite: bool = True,
         strict_checks: bool | None = None,
         sam_every: int = 1,
@@ -211,9 +219,11 @@ class GroupwiseSAM(WrappedOptimizer):
         self._bn = BatchNormPolicy(model, bn_update)
         self.ascent_all_reduce = ascent_all_reduce
         self.max_grad_norm = max_grad_norm
+        self.per_tensor = bool(per_tensor)
         self.check_finite = check_finite
         self.strict_checks = strict_checks
         self.sam_every = sam_every
+        self.last_radii: dict[int, Tensor] = {}
         self.pass_counts = {"steps": 0, "forward": 0, "backward": 0}
         self._steps = 0
         self._backup = BufferPool()
@@ -248,6 +258,7 @@ class GroupwiseSAM(WrappedOptimizer):
         backward_fn = backward or default_backward
         params = trainable(self.param_groups)
         zero_grads(params)
+        self.last_radii = {}
         sharp_step = self._steps % self.sam_every == 0
         with self._context(sync=False):
             out = closure()
@@ -256,20 +267,24 @@ class GroupwiseSAM(WrappedOptimizer):
         targets = check_targets(targets, size)
         group = self._groups_on(losses.device)[targets.clamp(0, self.num_classes - 1)]
         counts = torch.bincount(group, minlength=self.num_groups)
-        values = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        local = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        plan = _Counts(local, size)
         if distributed():
             # every replica must run the same passes: plan on the global batch
-            shared = torch.tensor(values, dtype=torch.long, device=losses.device)
+            shared = torch.tensor([*local, size], dtype=torch.long, device=losses.device)
             dist.all_reduce(shared)
-            values = shared.tolist()
+            *total, batch = shared.tolist()
+            plan = _Counts(total, batch)
         perturbed = [
             k
             for k in range(self.num_groups)
-            if sharp_step and values[k] > 0 and self.group_weight != 0 and self.radii.active(k)
+            if sharp_step and plan.counts[k] > 0 and self.group_weight != 0 and self.radii.active(k)
         ]
+        # the batch each ascent gradient comes from: all replicas' when it is all-reduced
+        ascent = plan if self.ascent_all_reduce else _Counts(local, size)
         try:
             clean_ran = self._passes(
-                losses, group, size, values, perturbed, closure, scaler, backward_fn
+                losses, group, size, plan.counts, ascent, perturbed, closure, scaler, backward_fn
             )
         except BaseException:
             zero_grads(params)
@@ -328,13 +343,16 @@ class GroupwiseSAM(WrappedOptimizer):
         group: Tensor,
         size: int,
         counts: list[int],
+        ascent: _Counts,
         perturbed: list[int],
         closure: Callable[[], Any],
         scaler: torch.amp.GradScaler | None,
         backward_fn: BackwardFn,
     ) -> bool:
         """Leave ``g`` in ``.grad`` (scaled like the losses): the clean backward, then each
-        perturbed group's passes in group order. Returns whether the clean backward ran."""
+        perturbed group's passes in group order. ``counts``: the group counts the passes
+        are planned on (all replicas', so every replica runs the same passes); ``ascent``: the group counts and batch size behind each ``grad L_k`` (all
+        replicas' with the ascent all-reduce). Returns whether the clean backward ran."""
         params = trainable(self.param_groups)
         inv_scale = 1.0 if scaler is None else 1.0 / float(scaler.get_scale())
         is_perturbed = torch.zeros(self.num_groups, dtype=torch.bool, device=losses.device)
@@ -373,16 +391,18 @@ class GroupwiseSAM(WrappedOptimizer):
                 torch._foreach_mul_(g, inv_scale)
             if self.ascent_all_reduce and distributed():
                 _average(g)
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g)))
-            if scaler is not None and not bool(torch.isfinite(norm)):
+            norms = torch.stack(torch._foreach_norm(g))
+            norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
+            if scaler is not None and not bool(torch.isfinite(norm).all()):
                 # fp16 overflow in grad L_k: put an inf in .grad before the step's
                 # all-reduce, so the scaler skips the step on every replica; run the
                 # remaining passes unperturbed (every replica runs the same passes)
                 _poison(params)
                 torch._foreach_zero_(g)
-            else:
-                r = self.radii.radius(k, norm, counts[k], size, params)
-                self._scaled_eps(g, params, r, norm)
+            elif ascent.counts[k] > 0:
+                r = self.radii.radius(k, norm, ascent.counts[k], ascent.batch, params)
+                self._scaled_eps(g, params, k, r, norm)
+            # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
             with torch.no_grad():
                 torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
             self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
@@ -406,17 +426,26 @@ class GroupwiseSAM(WrappedOptimizer):
         return clean_ran
 
     def _scaled_eps(
-        self, g: list[Tensor], params: list[Tensor], r: Tensor | float, norm: Tensor
+        self, g: list[Tensor], params: list[Tensor], group: int, r: Tensor | float, norm: Tensor
     ) -> None:
         """``eps_k = rho_t * r_k * g_k / ||g_k||`` in place on ``g`` (``rho_t``: the
-        tensor's parameter group's ``rho``)."""
+        tensor's parameter group's ``rho``; ``r_k`` and ``||g_k||`` per tensor or one for
+        all); records ``rho_t * r_k`` in :attr:`last_radii`."""
         factor = r / (norm + TINY)
-        if len(self.param_groups) == 1:
-            torch._foreach_mul_(g, factor * float(self.param_groups[0]["rho"]))
+        radius = torch.as_tensor(r, dtype=norm.dtype, device=norm.device).detach()
+        rhos = [float(grp["rho"]) for grp in self.param_groups]
+        if len(set(rhos)) == 1:
+            rho = rhos[0]
+            if isinstance(factor, Tensor) and factor.ndim == 1:
+                torch._foreach_mul_(g, list((factor * rho).unbind()))
+            else:
+                torch._foreach_mul_(g, factor * rho)
+            self.last_radii[group] = radius * rho
             return
         owner = {p: float(grp["rho"]) for grp in self.param_groups for p in grp["params"]}
-        for gi, p in zip(g, params):
-            gi.mul_(factor * owner[p])
+        per_tensor = torch.tensor([owner[p] for p in params], dtype=norm.dtype, device=norm.device)
+        torch._foreach_mul_(g, list((factor * per_tensor).unbind()))
+        self.last_radii[group] = radius * per_tensor
 
     # ------------------------------------------------------------- helpers
     def _groups_on(self, device: torch.device) -> Tensor:
@@ -440,6 +469,13 @@ class GroupwiseSAM(WrappedOptimizer):
                 )
             return contextlib.nullcontext()
         return no_sync()
+
+
+class _Counts(NamedTuple):
+    """Samples per group in a batch, and the batch's size."""
+
+    counts: list[int]
+    batch: int
 
 
 def _checked_radius(value: Any, name: str) -> float:

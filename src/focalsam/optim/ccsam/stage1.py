@@ -26,9 +26,12 @@ and the base optimizer steps on ``grad L``. ``f`` is ``flat_ratio``.
 * ``mode="network"`` (the paper: "both the feature extractor and classifier are
   trained under parameter perturbations at a class-conditioned scale"): ``S`` is
   every trainable parameter and ``eps_c`` is normalized as one vector, as in
-  SAM. The closure runs once at ``theta`` and once per class present at
-  ``theta + eps_c``; a step is ``1 + k`` forward and ``2k + 1`` backward passes
-  of the whole network for ``k`` classes present (``2k`` when ``f = 1``).
+  SAM. It is the group-wise rule with one group per class, and steps through the
+  group-wise engine (:class:`~focalsam.optim.ccsam.network.GroupwiseCCSAM`, with
+  its DDP, AMP and BatchNorm handling). The closure runs once at ``theta`` and
+  once per class present at ``theta + eps_c``; a step is ``1 + k`` forward and
+  ``2k + 1`` backward passes of the whole network for ``k`` classes present
+  (``2k`` when ``f = 1``).
 
 Where ours differs from the public code, and why:
 
@@ -61,7 +64,6 @@ CIFAR-10 1.0/1e-2 then 0.3/1e-6 (later config), CIFAR-100 0.2/1e-7 then
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, NamedTuple
 
@@ -72,7 +74,9 @@ from torch.optim import Optimizer
 
 from focalsam.optim.ascent import TINY
 from focalsam.optim.backward import BackwardFn, default_backward
-from focalsam.optim.buffers import BufferPool, DeviceCache, zero_grads
+from focalsam.optim.buffers import DeviceCache, zero_grads
+from focalsam.optim.ccsam.network import GroupwiseCCSAM
+from focalsam.optim.ccsam.radius import ccsam_radius
 from focalsam.optim.ccsam.stage2 import (
     CCSAMStage2,
     LossFn,
@@ -80,14 +84,13 @@ from focalsam.optim.ccsam.stage2 import (
 )
 from focalsam.optim.errors import (
     AccumulationError,
-    ClassCountsError,
     InvalidHyperparameterError,
     LabelError,
     LossShapeError,
     NonFiniteLossError,
     StepOrderError,
 )
-from focalsam.optim.policies.batchnorm import BatchNormPolicy, BatchNormUpdate
+from focalsam.optim.policies.batchnorm import BatchNormUpdate
 from focalsam.optim.policies.scaler import active_scaler, base_step
 from focalsam.optim.validators import (
     ClassCounts,
@@ -105,36 +108,9 @@ from focalsam.optim.validators import (
 )
 from focalsam.optim.wrapped import WrappedOptimizer, trainable
 
-__all__ = ["CCSAM", "ccsam_radius"]
+__all__ = ["CCSAM"]
 
 Mode = Literal["classifier", "network"]
-
-
-def ccsam_radius(
-    rho: Tensor | float,
-    param_norm: Tensor | float,
-    grad_norm: Tensor | float,
-    class_count: float,
-    num_params: int,
-) -> Tensor | float:
-    """CC-SAM's class-conditioned radius (public code), elementwise over tensors::
-
-        rho * sqrt(param_norm / grad_norm) * num_params ** (1/4) / (sqrt(2) * (n - 1) ** (1/4))
-
-    >>> round(ccsam_radius(0.01, 4.0, 1.0, 17, 16), 6)  # 0.01 * 2 * 2 / (sqrt(2) * 2)
-    0.014142
-    """
-    if class_count <= 1:
-        raise ClassCountsError(
-            f"CC-SAM's radius divides by (n - 1) ** (1/4): a class count of {class_count} "
-            "is not allowed (every class needs at least 2 training samples)"
-        )
-    return (
-        rho
-        * (param_norm / grad_norm) ** 0.5
-        * num_params**0.25
-        / (math.sqrt(2.0) * (class_count - 1) ** 0.25)
-    )
 
 
 # ------------------------------------------------------------------ stage 1
@@ -168,10 +144,13 @@ class CCSAM(WrappedOptimizer):
             classifier mode, ``loss_fn(logits, targets)``; cross-entropy by
             default (the public code uses plain cross-entropy there even when
             the closure's loss is mixup's).
-        model: the module, for ``bn_update="clean"`` in network mode.
+        model: the module, for ``bn_update="clean"`` and DDP in network mode.
         bn_update: network mode: ``"both"`` updates BatchNorm statistics in
             every forward, ``"clean"`` freezes them in the perturbed ones.
             Classifier mode has a single forward, so both mean the same there.
+        ascent_all_reduce: network mode under DDP: average each ``g_c`` over the
+            replicas before its ascent (a DDP run then equals one process on the
+            global batch); off, ``eps_c`` is per replica. Classifier mode refuses it.
         max_grad_norm: clip the final gradient to this norm before the base step.
         check_finite: raise :class:`NonFiniteLossError` (no step taken) when a
             forward returns NaN/inf losses.
@@ -188,8 +167,10 @@ class CCSAM(WrappedOptimizer):
     input with a hook; network mode calls it ``1 + k`` times for ``k`` classes
     present. ``last_radii`` holds the radius per class present in the last step
     (per tensor in per-tensor mode).
-    ``state_dict`` is the base optimizer's state only. DDP is not handled
-    specially (no ``no_sync``; network mode all-reduces in every backward).
+    ``state_dict`` is the base optimizer's state, plus in network mode the
+    group-wise engine's pass counts (:meth:`passes_per_step`). Under DDP, network
+    mode all-reduces once per step (the engine's ``no_sync``); classifier mode is
+    not handled specially (its one backward all-reduces).
     :meth:`step_accumulated` is refused: each class's ``eps_c`` comes from that
     class's mean gradient over the whole batch, and in classifier mode from the
     whole batch's features, which micro-batches never hold at once.
@@ -221,6 +202,7 @@ class CCSAM(WrappedOptimizer):
         loss_fn: LossFn | None = None,
         model: nn.Module | None = None,
         bn_update: BatchNormUpdate = "both",
+        ascent_all_reduce: bool = False,
         max_grad_norm: float | None = None,
         check_finite: bool = True,
         strict_checks: bool | None = None,
@@ -245,10 +227,10 @@ class CCSAM(WrappedOptimizer):
         if not isinstance(flat_ratio, int | float) or not 0 <= flat_ratio <= 1:
             raise InvalidHyperparameterError(f"flat_ratio must lie in [0, 1], got {flat_ratio!r}")
         validate_bn_update(bn_update)
-        if bn_update == "clean" and mode == "network" and model is None:
+        if ascent_all_reduce and mode == "classifier":
             raise InvalidHyperparameterError(
-                "bn_update='clean' freezes BatchNorm statistics of a model in the perturbed "
-                "forward passes: pass model=..."
+                "ascent_all_reduce averages each class's ascent over the replicas in network "
+                "mode; classifier mode does not take it"
             )
         validate_max_grad_norm(max_grad_norm)
         if mode == "classifier" and classifier is None:
@@ -264,7 +246,6 @@ class CCSAM(WrappedOptimizer):
         self.per_tensor = (mode == "classifier") if per_tensor is None else bool(per_tensor)
         self.classifier = classifier
         self.loss_fn: LossFn = loss_fn or per_sample_cross_entropy
-        self._bn = BatchNormPolicy(model, bn_update)
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
         self._counts: list[float] = self.class_counts.tolist()
@@ -287,11 +268,26 @@ class CCSAM(WrappedOptimizer):
                         "pass the whole model's parameters"
                     )
 
-        # Transient per-parameter buffers (network mode), allocated once, never saved.
-        self._backup = BufferPool()
         self._rho_values: list[float] = []
         self._rho_cache = DeviceCache()
         self.last_radii: dict[int, Tensor] = {}
+        # Network mode: the group-wise engine on this optimizer's base and groups.
+        self._network: GroupwiseCCSAM | None = None
+        if mode == "network":
+            self._network = GroupwiseCCSAM(
+                None,
+                self.base_optimizer,
+                class_counts=self.class_counts,
+                rho=rho,
+                flat_ratio=self.flat_ratio,
+                per_tensor=self.per_tensor,
+                model=model,
+                bn_update=bn_update,
+                ascent_all_reduce=ascent_all_reduce,
+                max_grad_norm=max_grad_norm,
+                check_finite=check_finite,
+                strict_checks=strict_checks,
+            )
 
     # ------------------------------------------------------------------ API
     def step(  # type: ignore[override]
@@ -318,6 +314,12 @@ class CCSAM(WrappedOptimizer):
             )
         if targets is None:
             raise LabelError("CC-SAM groups samples by class: pass the labels as targets (B,)")
+        if self._network is not None:
+            self._opt_called = True  # tells lr schedulers that the optimizer stepped
+            try:
+                return self._network.step(closure, targets, scaler=scaler, backward=backward)
+            finally:
+                self.last_radii = self._network.last_radii
         scaler = active_scaler(scaler)
         out, losses = self._passes(closure, targets, scaler, backward)
         self._opt_called = True  # tells lr schedulers that the optimizer stepped
@@ -326,6 +328,28 @@ class CCSAM(WrappedOptimizer):
         if isinstance(out, tuple):
             return (losses.detach(), *out[1:])
         return losses.detach()
+
+    def passes_per_step(self) -> tuple[float, float] | None:
+        """Network mode: the mean (forward, backward) passes per step so far (``None``
+        before a step, and in classifier mode)."""
+        return None if self._network is None else self._network.passes_per_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state; in network mode with the engine's pass counts."""
+        if self._network is not None:
+            return self._network.state_dict()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` (checked; a bad one changes nothing)."""
+        if self._network is None:
+            super().load_state_dict(state_dict)
+            return
+        try:
+            self._network.load_state_dict(state_dict)
+        finally:  # loading replaces the base's groups: share them again
+            self.param_groups = self.base_optimizer.param_groups
+            self.state = self.base_optimizer.state
 
     def step_accumulated(self, micro: Any, **kwargs: Any) -> list[Any]:
         """Refused (:class:`AccumulationError`): see the class docstring."""
@@ -395,10 +419,7 @@ class CCSAM(WrappedOptimizer):
             out = closure()
         batch = self._start(out, targets, scaler)
         backward_fn = backward or default_backward
-        if self.mode == "classifier":
-            self._classifier_passes(batch, self._features(captured, batch.size), backward_fn)
-        else:
-            self._network_passes(batch, closure, backward_fn)
+        self._classifier_passes(batch, self._features(captured, batch.size), backward_fn)
         return out, batch.losses
 
     def _start(self, out: Any, targets: Tensor, scaler: torch.amp.GradScaler | None) -> _Batch:
@@ -528,60 +549,6 @@ class CCSAM(WrappedOptimizer):
             surrogate = dot if surrogate is None else surrogate + dot
         if surrogate is not None:
             backward_fn(surrogate)
-
-    # ---------------------------------------------------------- network mode
-    def _network_passes(
-        self, batch: _Batch, closure: Callable[[], Any], backward_fn: BackwardFn
-    ) -> None:
-        """Per class present: ``g_c``, the closure at ``theta + eps_c`` and its backward;
-        then the clean backward."""
-        losses, params, scale, size = batch.losses, batch.params, batch.scale, batch.size
-        if batch.classes:
-            num = sum(p.numel() for p in params)
-            param_norm = _global_norm(params) + TINY
-            rhos = self._rhos(params, param_norm)
-            data = [p.data for p in params]
-            backup = self._backup(params)
-            torch._foreach_copy_(backup, data)
-            head_total = losses.new_zeros(())
-            try:
-                for c, idx in batch.by_class():
-                    g = torch.autograd.grad(
-                        losses.index_select(0, idx).sum() * (scale / idx.numel()),
-                        params,
-                        retain_graph=True,
-                        allow_unused=True,
-                    )
-                    grads = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
-                    eps = self._perturbation(grads, 1.0 / scale, param_norm, num, rhos, c)
-                    # Through .data: the clean graph keeps its saved tensors' versions,
-                    # and every backward through it runs with theta restored.
-                    with torch.no_grad():
-                        torch._foreach_add_(data, eps)
-                    self._bn.freeze()
-                    try:
-                        perturbed = losses_of(closure())
-                        check_losses(perturbed, expected=size)
-                        head = perturbed.index_select(0, idx)
-                        backward_fn(head.sum() * (self.flat_ratio * scale / size))
-                        head_total = head_total + head.detach().sum()
-                    finally:
-                        with torch.no_grad():
-                            torch._foreach_copy_(data, backup)
-                        self._bn.unfreeze()
-            except BaseException:
-                zero_grads(params)
-                raise
-            # With a scaler, an overflowing g_c makes eps_c non-finite: the scaler skips.
-            if self.check_finite and not batch.scaled:
-                self._ensure_finite(
-                    head_total,
-                    params,
-                    "the forward pass at theta + eps_c returned non-finite losses; "
-                    "the parameters were restored and no step was taken",
-                )
-        if self.flat_ratio < 1:
-            backward_fn(losses.sum() * ((1.0 - self.flat_ratio) * scale / size))
 
     # -------------------------------------------------------------- helpers
     @staticmethod

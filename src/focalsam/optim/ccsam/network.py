@@ -1,9 +1,9 @@
 """CC-SAM's network mode as the group-wise rule: classes as groups, each with CC-SAM's
-class-conditioned radius.
+class-conditioned radius. ``CCSAM(mode="network")`` steps through it.
 
 With ``k`` the classes present, ``g_c = grad mean_{i: y_i = c} l_i(theta)`` over all
 trainable parameters (``P`` scalars, norm ``||w||``) and ``n_c`` the class's training
-count (:func:`~focalsam.optim.cc_sam.ccsam_radius`)::
+count (:func:`~focalsam.optim.ccsam.radius.ccsam_radius`)::
 
     rho_c = rho * sqrt(||w|| / ||g_c||) * P ** (1/4) / (sqrt(2) * (n_c - 1) ** (1/4))
     eps_c = rho_c * g_c / ||g_c||
@@ -12,9 +12,8 @@ count (:func:`~focalsam.optim.cc_sam.ccsam_radius`)::
 which is :class:`~focalsam.optim.groupwise.GroupwiseSAM` with one group per class,
 ``clean_weight = 1 - f`` and ``group_weight = f``: ``grad L_c = (n_c^batch / B) g_c``
 has the direction of ``g_c``, and the radius takes the norm of the class mean
-``||g_c|| = (B / n_c^batch) ||grad L_c||``. It is the step of
-``CCSAM(mode="network")`` (whole-vector normalization, ``per_tensor=False``), in the
-same order of passes, and matches it to rounding.
+``||g_c|| = (B / n_c^batch) ||grad L_c||``. With ``per_tensor=True`` each parameter
+tensor has its own ``g_c`` norm, radius and direction.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from focalsam.optim.ascent import TINY
-from focalsam.optim.ccsam import ccsam_radius
+from focalsam.optim.ccsam.radius import ccsam_radius
 from focalsam.optim.class_weights import ClassCounts
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.groupwise import GroupwiseSAM
@@ -36,7 +35,8 @@ from focalsam.optim.validators import validate_ccsam_counts
 
 class ClassConditionedRadius:
     """CC-SAM's radius per class (group): ``sqrt(||w|| / ||g_c||) P^(1/4) /
-    (sqrt(2) (n_c - 1)^(1/4))``, times the parameter group's ``rho`` in the engine."""
+    (sqrt(2) (n_c - 1)^(1/4))``, times the parameter group's ``rho`` in the engine (one
+    per tensor when ``grad_norm`` holds one norm per tensor)."""
 
     def __init__(self, class_counts: Tensor) -> None:
         self.counts: list[float] = class_counts.tolist()
@@ -64,8 +64,8 @@ class GroupwiseCCSAM(GroupwiseSAM):
     code's ``noise_ratio``), per parameter group; ``flat_ratio``: ``f`` in ``[0, 1]``;
     ``class_counts``: training samples per class, each >= 2. Other options are the
     group-wise engine's (``model``, ``bn_update``, ``ascent_all_reduce``,
-    ``max_grad_norm``, ``check_finite``, ``strict_checks``, ``sam_every``) and the base
-    optimizer's.
+    ``max_grad_norm``, ``per_tensor``, ``check_finite``, ``strict_checks``,
+    ``sam_every``) and the base optimizer's.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),

@@ -1,0 +1,41 @@
+"""CC-SAM's class-conditioned radius (the public code's formula), shared by its network
+mode (:mod:`focalsam.optim.ccsam.network`) and classifier mode
+(:mod:`focalsam.optim.ccsam.stage1`)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from focalsam.optim.errors import ClassCountsError
+
+
+def ccsam_radius(
+    rho: Tensor | float,
+    param_norm: Tensor | float,
+    grad_norm: Tensor | float,
+    class_count: float,
+    num_params: int,
+) -> Tensor | float:
+    """CC-SAM's class-conditioned radius (public code), elementwise over tensors::
+
+        rho * sqrt(param_norm / grad_norm) * num_params ** (1/4) / (sqrt(2) * (n - 1) ** (1/4))
+
+    >>> round(ccsam_radius(0.01, 4.0, 1.0, 17, 16), 6)  # 0.01 * 2 * 2 / (sqrt(2) * 2)
+    0.014142
+    """
+    if class_count <= 1:
+        raise ClassCountsError(
+            f"CC-SAM's radius divides by (n - 1) ** (1/4): a class count of {class_count} "
+            "is not allowed (every class needs at least 2 training samples)"
+        )
+    return (
+        rho
+        * (param_norm / grad_norm) ** 0.5
+        * num_params**0.25
+        / (math.sqrt(2.0) * (class_count - 1) ** 0.25)
+    )
+
+
+__all__ = ["ccsam_radius"]
