@@ -58,10 +58,8 @@ from focalsam.optim.validators import (
     check_targets,
     detached,
     losses_of,
-    validate_bn_update,
-    validate_max_grad_norm,
+    validate_engine_settings,
     validate_rho,
-    validate_step_options,
 )
 from focalsam.optim.wrapped import WrappedOptimizer, trainable
 
@@ -156,13 +154,13 @@ class WeightedSAM(WrappedOptimizer):
         **base_kwargs: Any,
     ) -> None:
         validate_rho(rho)
-        validate_bn_update(bn_update)
-        if bn_update == "clean" and model is None:
-            raise InvalidHyperparameterError(
-                "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
-            )
-        validate_max_grad_norm(max_grad_norm)
-        validate_step_options(strict_checks, sam_every)
+        validate_engine_settings(
+            bn_update=bn_update,
+            model=model,
+            max_grad_norm=max_grad_norm,
+            strict_checks=strict_checks,
+            sam_every=sam_every,
+        )
         weights = SampleWeights(clean_weights, sharp_weights)
         self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
         if strict_checks is False:

@@ -53,10 +53,8 @@ from focalsam.optim.validators import (
     checked_values,
     ensure_finite,
     losses_of,
-    validate_bn_update,
-    validate_max_grad_norm,
+    validate_engine_settings,
     validate_rho,
-    validate_step_options,
 )
 from focalsam.optim.wrapped import WrappedOptimizer, trainable
 
@@ -174,19 +172,19 @@ class GroupwiseSAM(WrappedOptimizer):
         sam_every: int = 1,
         **base_kwargs: Any,
     ) -> None:
-        validate_step_options(strict_checks, sam_every)
+        validate_engine_settings(
+            bn_update=bn_update,
+            model=model,
+            max_grad_norm=max_grad_norm,
+            strict_checks=strict_checks,
+            sam_every=sam_every,
+        )
         if strict_checks is False:
             raise InvalidHyperparameterError(
                 f"{type(self).__name__} plans its passes on the groups present in each "
                 "batch, read on the host: it always checks strictly; use strict_checks=None "
                 "or True"
             )
-        validate_bn_update(bn_update)
-        if bn_update == "clean" and model is None:
-            raise InvalidHyperparameterError(
-                "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
-            )
-        validate_max_grad_norm(max_grad_norm)
         for name, value in (("clean_weight", clean_weight), ("group_weight", group_weight)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")

@@ -53,6 +53,9 @@ SAM_SETTINGS = (
     "strict_checks",
     "sam_every",
 )
+#: Settings of the rules on the group-wise engine (``GroupwiseSAM``): radii are the
+#: method's own options, so no ``rho`` or ``adaptive``.
+GROUPWISE_SETTINGS = tuple(s for s in SAM_SETTINGS if s not in ("rho", "adaptive"))
 
 
 def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:

@@ -63,6 +63,26 @@ def validate_step_options(strict_checks: Any, sam_every: Any) -> None:
         )
 
 
+def validate_engine_settings(
+    *,
+    bn_update: Any,
+    model: nn.Module | None,
+    max_grad_norm: Any,
+    strict_checks: Any,
+    sam_every: Any,
+) -> None:
+    """The step settings both engines take (``WeightedSAM``, ``GroupwiseSAM``):
+    ``bn_update`` (``"clean"`` needs the ``model``), ``max_grad_norm``, ``strict_checks``
+    and ``sam_every``."""
+    validate_bn_update(bn_update)
+    if bn_update == "clean" and model is None:
+        raise InvalidHyperparameterError(
+            "bn_update='clean' freezes BatchNorm statistics of a model: pass model=..."
+        )
+    validate_max_grad_norm(max_grad_norm)
+    validate_step_options(strict_checks, sam_every)
+
+
 # --------------------------------------------------------------- class counts
 def validate_class_counts(
     class_counts: ClassCounts, num_classes: int | None = None, *, min_count: int = 1, why: str = ""
