@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from focalsam.compare import plots
+from focalsam.compare.reports import read_report
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
@@ -256,7 +257,7 @@ def load_reports(spec: CompareSpec, out: Path) -> dict[str, list[dict[str, Any]]
         for seed in spec.seeds:
             path = out / spec.run_name(opt, seed) / "report.json"
             if path.is_file():
-                reports[opt].append(read_json(path, "report"))
+                reports[opt].append(read_report(path, seed))
     return reports
 
 
@@ -299,6 +300,9 @@ def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[st
     existed = out.exists()
     refuse_if_held(out, "compare", COMPARE_LOCK)
     pending = [p for p in spec.pairs() if run_state(out / spec.run_name(*p)) != "done"]
+    for opt, seed in spec.pairs():  # the kept runs' reports, before anything is written
+        if (opt, seed) not in pending:
+            read_report(out / spec.run_name(opt, seed) / "report.json", seed)
     for pair in pending:  # a run still written by a process of an earlier compare
         refuse_if_held(out / spec.run_name(*pair), "compare")
     kept = len(spec.pairs()) - len(pending)
