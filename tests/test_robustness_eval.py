@@ -4,7 +4,9 @@ corruptions; clean accuracy reproduced at severity 0; nothing written into the r
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,133 @@ def test_bad_corruption_inputs_are_one_line_exit_2(run, tmp_path, capsys, extra,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "o").exists() and file_snapshot(run) == before
+
+
+def _truncated(path: Path, good: np.ndarray) -> None:
+    np.save(path, good)
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _npz(path: Path, good: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, good)
+    path.write_bytes(buffer.getvalue())
+
+
+def _later_severity_reordered(path: Path, good: np.ndarray) -> None:
+    blocks = good.reshape(5, -1).copy()
+    blocks[3] = blocks[3][::-1]
+    np.save(path, blocks.reshape(-1))
+
+
+# (id, file, write(path, the file's correct array), fragment); labels.npy and contrast.npy
+# are correct unless the row writes them; jpeg_compression.npy, the last corruption
+# evaluated, is written by the image rows, so a bad last file must fail before the first
+MALFORMED_CIFAR_C = [
+    ("labels text", "labels.npy", lambda p, a: p.write_text("3,8,8\n"), "not a .npy file"),
+    ("labels empty", "labels.npy", lambda p, a: p.write_bytes(b""), "is empty"),
+    (
+        "labels pickle",
+        "labels.npy",
+        lambda p, a: p.write_bytes(pickle.dumps(a.tolist())),
+        "a Python pickle",
+    ),
+    (
+        "labels object array",
+        "labels.npy",
+        lambda p, a: np.save(p, a.astype(object), allow_pickle=True),
+        "holds Python objects",
+    ),
+    ("labels npz", "labels.npy", _npz, "zip archive"),
+    (
+        "labels damaged header",
+        "labels.npy",
+        lambda p, a: p.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': <i8'"),
+        "damaged .npy header",
+    ),
+    ("labels float", "labels.npy", lambda p, a: np.save(p, a.astype(np.float64)), "float64"),
+    ("labels 4 severities", "labels.npy", lambda p, a: np.save(p, a[: len(a) * 4 // 5]), "shape"),
+    ("labels 2-d", "labels.npy", lambda p, a: np.save(p, a.reshape(5, -1)), "shape (5,"),
+    ("labels truncated", "labels.npy", _truncated, "is truncated"),
+    ("labels severity 4 reordered", "labels.npy", _later_severity_reordered, "does not match"),
+    ("images text", "jpeg_compression.npy", lambda p, a: p.write_text("x"), "not a .npy file"),
+    (
+        "images pickle",
+        "jpeg_compression.npy",
+        lambda p, a: p.write_bytes(pickle.dumps(a)),
+        "a Python pickle",
+    ),
+    (
+        "images object array",
+        "jpeg_compression.npy",
+        lambda p, a: np.save(p, a.astype(object), allow_pickle=True),
+        "holds Python objects",
+    ),
+    (
+        "images float",
+        "jpeg_compression.npy",
+        lambda p, a: np.save(p, a.astype(np.float32)),
+        "holds float32",
+    ),
+    (
+        "images uint16",
+        "jpeg_compression.npy",
+        lambda p, a: np.save(p, a.astype(np.uint16)),
+        "holds uint16",
+    ),
+    (
+        "images 4 severities",
+        "jpeg_compression.npy",
+        lambda p, a: np.save(p, a[: len(a) * 4 // 5]),
+        "shape",
+    ),
+    (
+        "images one pixel wider",
+        "jpeg_compression.npy",
+        lambda p, a: np.save(p, np.concatenate([a, a[:, :, :1]], axis=2)),
+        "shape",
+    ),
+    ("images truncated", "jpeg_compression.npy", _truncated, "is truncated"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, write, fragment",
+    [c[1:] for c in MALFORMED_CIFAR_C],
+    ids=[c[0] for c in MALFORMED_CIFAR_C],
+)
+def test_a_malformed_cifar_c_file_is_one_line_exit_2_before_any_evaluation(
+    run, tmp_path, capsys, name, write, fragment
+):
+    from focalsam.train.evaluation import load_run
+
+    test = load_run(run).data.split("test")
+    good = {
+        "labels.npy": np.tile(test.labels, 5),
+        "contrast.npy": np.concatenate([test.images] * 5),
+        "jpeg_compression.npy": np.concatenate([test.images] * 5),
+    }
+    root = tmp_path / "c"
+    root.mkdir()
+    for file, array in good.items():
+        if file != name:
+            np.save(root / file, array)
+    write(root / name, good[name])
+    before_run, before_root = file_snapshot(run), file_snapshot(root)
+    out = tmp_path / "out"
+    capsys.readouterr()
+
+    rc = main(
+        ["eval", str(run), "--corruptions", str(root), "--out", str(out), "--severities", "1"]
+    )
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert rc == 2, captured.err
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith(f"focalsam: error: {root / name} "), lines[0]
+    assert fragment in lines[0], lines[0]
+    if fragment != "does not match":
+        assert "expected a .npy array of " in lines[0], lines[0]
+    assert "severity" not in captured.out, "an evaluation ran before the check"
+    assert not out.exists()
+    assert file_snapshot(run) == before_run and file_snapshot(root) == before_root

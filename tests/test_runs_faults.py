@@ -112,3 +112,52 @@ def test_sigterm_after_the_training_loop_gives_130_saying_what_was_saved(
     monkeypatch.setattr(trainer, "build_report", real)
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "report.json").is_file()
+
+
+COMPARE = ["compare", "--preset", "demo", "--optimizers", "sgd", "--seeds", "0", "epochs=1"]
+#: commands that create their folder in the working directory by default
+DEFAULT_FOLDER = {"compare without --out": [*COMPARE, "model=mlp", *QUIET], "bare demo": ["train"]}
+
+
+def _refuse_in(folder: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Make ``folder`` unwritable as the OS would for a user without write permission:
+    ``access``: ``os.access`` says so (the up-front check); ``mkdir``: creating a folder in
+    it fails with EACCES (the tests run as root, whom file modes do not stop)."""
+    if how == "access":
+        real_access = os.access
+
+        def access(path, mode, *a, **k):
+            if Path(path).absolute() == folder and mode & os.W_OK:
+                return False
+            return real_access(path, mode, *a, **k)
+
+        monkeypatch.setattr(os, "access", access)
+        return
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777, *a, **k):
+        if Path(path).absolute().parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, mode, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("how", ["access", "mkdir"])
+@pytest.mark.parametrize("argv", DEFAULT_FOLDER.values(), ids=DEFAULT_FOLDER.keys())
+def test_an_unwritable_working_directory_is_one_line_naming_the_path(
+    argv, how, tmp_path, monkeypatch, capsys
+):
+    """Exit 2 like a run directory that is not writable (docs/reference/exit-codes.md:
+    RunDirError), whether the up-front check or the OS at mkdir finds it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    _refuse_in(cwd, monkeypatch, how)
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = _lines(err)
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("focalsam: error: ") and "runs" in lines[0], lines[0]
+    assert "not writable" in lines[0] or "Permission denied" in lines[0], lines[0]
+    assert list(cwd.iterdir()) == []

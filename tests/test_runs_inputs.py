@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import file_snapshot
 
 from focalsam.cli import main
 
@@ -130,10 +131,6 @@ def finished(tmp_path_factory) -> Path:
     return run
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("argv,fragment,prepare", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(
     argv, fragment, prepare, finished, tmp_path, capsys, monkeypatch
@@ -149,7 +146,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     if prepare is not None:
         prepare(copy)
     monkeypatch.chdir(tmp_path)
-    before = _snapshot(tmp_path)
+    before = file_snapshot(tmp_path)
     filled = [a.replace("{tmp}", str(tmp_path)).replace("{copy}", str(copy)) for a in argv]
 
     rc = main(filled)
@@ -159,7 +156,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert rc == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("focalsam: error: ") and fragment in lines[0], err
-    assert _snapshot(tmp_path) == before, "something was written"
+    assert file_snapshot(tmp_path) == before, "something was written"
 
 
 def test_class_counts_longer_than_the_logits_raise_at_the_first_step_naming_both():

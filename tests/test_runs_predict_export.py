@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import file_snapshot
 
 from focalsam.cli import main
 
@@ -22,10 +23,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["train", "data.name=folder", f"data.root={root / 'ex'}", f"run.dir={run}"]
     assert main([*args, "train.epochs=1", "model=small_cnn", *QUIET]) == 0
     return root
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 # (id, argv, expected fragment); {w}: the folder holding ex/, run/, empty/ and exists.csv
@@ -101,10 +98,10 @@ def test_bad_predict_and_export_input_is_one_line_exit_2_nothing_written(
     (world / "empty").mkdir(exist_ok=True)
     (world / "exists.csv").write_text("kept\n")
     monkeypatch.chdir(world)
-    before = _snapshot(world)
+    before = file_snapshot(world)
     capsys.readouterr()
     assert main([a.replace("{w}", str(world)) for a in argv]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("focalsam: error: "), err
     assert fragment in err[0] and "Traceback" not in err[0], err
-    assert _snapshot(world) == before, "something was written"
+    assert file_snapshot(world) == before, "something was written"

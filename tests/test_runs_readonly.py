@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import file_snapshot
 
 from focalsam.cli import main
 
@@ -22,10 +23,6 @@ def run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("runs") / "done"
     assert main([*TRAIN, f"run_dir={folder}"]) == 0
     return folder
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 # (id, argv, expected fragment); {run}: a finished run, {tmp}: the test's folder
@@ -80,12 +77,12 @@ def test_an_output_path_inside_a_run_is_refused_in_one_line(
     (tmp_path / "file").write_text("x")
     (tmp_path / "link").symlink_to(run)
     monkeypatch.chdir(tmp_path)
-    before_tmp, before_run = _snapshot(tmp_path), _snapshot(run)
+    before_tmp, before_run = file_snapshot(tmp_path), file_snapshot(run)
     filled = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for a in argv]
     assert main(filled) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("focalsam: error: ") and fragment in err[0], err
-    assert _snapshot(tmp_path) == before_tmp and _snapshot(run) == before_run
+    assert file_snapshot(tmp_path) == before_tmp and file_snapshot(run) == before_run
 
 
 @pytest.mark.parametrize("name", ["resumes.jsonl", "tensorboard"])
@@ -96,12 +93,12 @@ def test_resume_never_writes_through_a_symlink_out_of_the_run(name, tmp_path, ca
     outside.write_text("keep\n")
     (run / name).unlink(missing_ok=True)
     (run / name).symlink_to(outside)
-    before = _snapshot(run)
+    before = file_snapshot(run)
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "epochs=2"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "symbolic link" in err[0], err
-    assert outside.read_text() == "keep\n" and _snapshot(run) == before
+    assert outside.read_text() == "keep\n" and file_snapshot(run) == before
 
 
 def test_a_failed_analyze_leaves_no_analysis_json(run, tmp_path, monkeypatch):

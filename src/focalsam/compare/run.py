@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from focalsam.compare import plots
+from focalsam.compare.reports import read_report
 from focalsam.compare.spec import RECORD, CompareError, CompareSpec, check_out
 from focalsam.compare.table import label, markdown, summarize
 from focalsam.errors import InputError
 from focalsam.train.limits import read_json
-from focalsam.train.paths import check_output_folder
+from focalsam.train.paths import OutputPathError, check_output_folder
 from focalsam.train.runlock import RunLock, refuse_if_held
 from focalsam.train.runtime import atomic_write
 
@@ -256,7 +257,7 @@ def load_reports(spec: CompareSpec, out: Path) -> dict[str, list[dict[str, Any]]
         for seed in spec.seeds:
             path = out / spec.run_name(opt, seed) / "report.json"
             if path.is_file():
-                reports[opt].append(read_json(path, "report"))
+                reports[opt].append(read_report(path, seed))
     return reports
 
 
@@ -286,22 +287,41 @@ def _remove_new(out: Path, existed: bool) -> None:
             child.unlink(missing_ok=True)
 
 
-def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[str, Any], int]:
-    """Run (or resume) every run of ``spec`` in ``out`` and write the outputs.
+def _create(out: Path, flag: str) -> None:
+    """Create ``out`` (and its parents); the OS refusing it (no permission in the working
+    directory, a read-only disk) is one line naming the path, as for a run directory."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        at = f" at {Path(exc.filename).absolute()}" if exc.filename else ""
+        raise OutputPathError(
+            f"{flag} {out} cannot be created: {exc.strerror or exc}{at}"
+        ) from None
+
+
+def run_compare(
+    spec: CompareSpec, out: Path, log: Log = print, *, flag: str = "--out"
+) -> tuple[dict[str, Any], int]:
+    """Run (or resume) every run of ``spec`` in ``out`` and write the outputs (``flag``:
+    how an error names ``out``).
 
     Finished runs (report.json) are kept, interrupted ones (last.pt) resumed, missing
     ones started. Returns the compare document and the number of failed runs. A bad
     input met by a run (missing data, ...) raises :class:`InputError`; a folder this
     call created is then removed when no run in it got a checkpoint.
     """
-    check_output_folder(out, "--out", "compare")
+    check_output_folder(out, flag, "compare")
     resuming = check_out(spec, out)
     existed = out.exists()
     refuse_if_held(out, "compare", COMPARE_LOCK)
     pending = [p for p in spec.pairs() if run_state(out / spec.run_name(*p)) != "done"]
+    for opt, seed in spec.pairs():  # the kept runs' reports, before anything is written
+        if (opt, seed) not in pending:
+            read_report(out / spec.run_name(opt, seed) / "report.json", seed)
     for pair in pending:  # a run still written by a process of an earlier compare
         refuse_if_held(out / spec.run_name(*pair), "compare")
     kept = len(spec.pairs()) - len(pending)
+    _create(out, flag)
     log(
         f"compare in {out}: {', '.join(label(o) for o in spec.optimizers)} x seeds "
         f"{', '.join(map(str, spec.seeds))}; {len(pending)} run(s) to do"
@@ -310,7 +330,6 @@ def run_compare(spec: CompareSpec, out: Path, log: Log = print) -> tuple[dict[st
     )
     lock = RunLock(out, COMPARE_LOCK)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         lock.acquire()
         if not resuming:
             import yaml

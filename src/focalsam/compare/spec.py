@@ -164,16 +164,28 @@ def check_out(spec: CompareSpec, out: Path) -> bool:
         raise CompareError(f"--out {out} is not empty and holds no {RECORD}: not a compare folder")
     try:
         old = load_yaml_text(read_text_limited(path, "compare record"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        raise CompareError(f"{path} cannot be read as a compare record") from None
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or type(exc).__name__
+        raise CompareError(f"{path} cannot be read as a compare record: {reason}") from None
+    except UnicodeDecodeError:
+        raise CompareError(f"{path} cannot be read as a compare record: not UTF-8") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CompareError(f"{path} cannot be read as a compare record: {reason}") from None
     new = spec.record()
     if not isinstance(old, dict):
-        raise CompareError(f"{path} is not a compare record")
-    changed = [k for k in new if old.get(k) != new[k]]
-    if changed:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:3])
+        kind = "empty" if old is None else f"a YAML {type(old).__name__}"
         raise CompareError(
-            f"{out} holds a different compare ({shown}); re-run its own command to resume it, "
-            "or choose another --out"
+            f"{path} is not a compare record (a mapping of {', '.join(new)}): it is {kind}"
+        )
+    missing = [k for k in new if k not in old]
+    if missing:
+        raise CompareError(f"{path} is not a compare record: it lacks {', '.join(missing)}")
+    changed = [k for k in new if old[k] != new[k]]
+    if changed:
+        shown = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:3])
+        raise CompareError(
+            f"{out} holds a different compare ({shown}, by its {RECORD}); re-run its own "
+            "command to resume it, or choose another --out"
         )
     return True

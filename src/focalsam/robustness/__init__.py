@@ -2,6 +2,7 @@
 
 :mod:`~focalsam.robustness.corruptions` generates ImageNet-C style corruptions of in-memory
 images (the optional ``imagecorruptions`` package) with a disk cache,
+:mod:`~focalsam.robustness.cifar_c` checks and reads the released CIFAR-10-C folders,
 :mod:`~focalsam.robustness.imagenet_c` reads the released ImageNet-C folders, and
 :mod:`~focalsam.robustness.scores` holds the CE / mCE arithmetic and the error summaries.
 """

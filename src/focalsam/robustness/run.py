@@ -196,36 +196,30 @@ def _generated(
 def _cifar_c(
     run: LoadedRun, root: Path, wanted: list[str], severities: list[int]
 ) -> tuple[Callable[[], Iterable[Any]], dict[str, str], str]:
+    from focalsam.robustness.cifar_c import open_cifar_c
+
     assert run.data.split is not None
     test = run.data.split("test")
-    labels = np.load(root / "labels.npy", allow_pickle=False)
-    n = len(test.labels)
-    if labels.shape[0] % n or not np.array_equal(labels[:n], test.labels):
-        raise DataError(
-            f"{root / 'labels.npy'} does not match this run's test labels ({n} images): "
-            "is it the -C copy of this dataset?"
+    if test.images is None:
+        raise InputError(
+            f"--corruptions {root} is a CIFAR-10-C folder (labels.npy), which needs an "
+            f"in-memory test set (digits, CIFAR); {run.cfg.data.name} is read from image files"
         )
-    present = [c for c in wanted if (root / f"{c}.npy").is_file()]
-    skipped = {c: f"{root / (c + '.npy')} not found" for c in wanted if c not in present}
-    if not present:
-        raise DataError(f"{root} holds none of the corruptions asked for ({', '.join(wanted)})")
-    every = np.arange(n)
+    folder = open_cifar_c(root, wanted, test.labels, tuple(test.images.shape[1:]))
+    every = np.arange(len(test.labels))
 
     def cells() -> Iterable[Any]:
-        for corruption in present:
-            stacked = np.load(root / f"{corruption}.npy", mmap_mode="r", allow_pickle=False)
+        for corruption in folder.images:
             for severity in severities:
 
-                def batches(s: int = severity, a: Any = stacked) -> list[Any]:
+                def batches(c: str = corruption, s: int = severity) -> list[Any]:
                     if s == 0:
                         return test.batches(every, 1000)
-                    return test.with_images(np.ascontiguousarray(a[(s - 1) * n : s * n])).batches(
-                        every, 1000
-                    )
+                    return test.with_images(folder.severity(c, s)).batches(every, 1000)
 
                 yield corruption, severity, batches
 
-    return cells, skipped, f"CIFAR-10-C layout at {root}"
+    return cells, folder.skipped, f"CIFAR-10-C layout at {root}"
 
 
 def _imagenet_c(

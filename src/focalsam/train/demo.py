@@ -24,7 +24,7 @@ def run_demo(epochs: int | None = None, root: Path | None = None) -> int:
         f"loss), seeds {', '.join(map(str, DEMO_SEEDS))}"
     )
     t0 = time.perf_counter()
-    doc, failed = run_compare(spec, out)
+    doc, failed = run_compare(spec, out, flag="the demo folder")
     print(terminal(doc))
     print(f"figures: {out / 'accuracy_vs_throughput.png'}, {out / 'per_class.png'}")
     print(f"table: {out / 'compare.md'}; total {time.perf_counter() - t0:.1f} s")

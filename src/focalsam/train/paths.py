@@ -17,7 +17,8 @@ from focalsam.train.runlock import LOCK_NAME
 
 
 class OutputPathError(InputError):
-    """An output path lies inside a run folder, or cannot be a folder at all."""
+    """An output path lies inside a run folder, cannot be a folder at all, or cannot be
+    created (no permission)."""
 
 
 def is_run_folder(path: Path) -> bool:
