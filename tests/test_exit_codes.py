@@ -93,3 +93,39 @@ def test_the_table_of_exit_codes():
     assert exit_code(NonFiniteLossError("x")) == 1
     assert exit_code(Interrupted("x")) == exit_code(KeyboardInterrupt()) == 130
     assert exit_code(ZeroDivisionError()) == 1  # a bug
+
+
+def test_every_error_class_lives_in_focalsam_errors_and_in_the_documented_tree():
+    """A library user catches errors by kind from one module: every exception class that
+    focalsam defines (importing each of its modules) is a class of ``focalsam.errors``, and
+    docs/reference/exit-codes.md's tree names each of them."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    import focalsam
+    import focalsam.errors as errors
+
+    for info in pkgutil.walk_packages(focalsam.__path__, "focalsam."):
+        if info.name.endswith("__main__"):  # runs the command line when imported
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # a module of an optional extra that is not installed
+            continue
+    defined = {
+        cls
+        for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("focalsam")
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, errors.FocalsamError)
+    }
+    strays = sorted(
+        f"{c.__module__}.{c.__qualname__}" for c in defined if c.__module__ != "focalsam.errors"
+    )
+    assert not strays, f"error classes defined outside focalsam.errors: {strays}"
+    tree = (Path(__file__).parents[1] / "docs" / "reference" / "exit-codes.md").read_text()
+    public = sorted(c.__name__ for c in defined if not c.__name__.startswith("_"))
+    missing = [name for name in public if not re.search(rf"^[│├└─ ]*{name}\b", tree, re.M)]
+    assert not missing, f"not in the tree of docs/reference/exit-codes.md: {missing}"

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from focalsam.errors import InputError, Interrupted, RunError, TrainingDiverged
+from focalsam.errors import InputError, Interrupted, RunError, TrainingDiverged, UsageError
 from focalsam.train.config import SHORT_KEYS, leaf_fields
 
 #: the settings that get a flag of their own (every key also works as KEY=VALUE)
@@ -89,10 +89,6 @@ def _keys_help() -> str:
         help_ = f.metadata.get("help", "")
         lines.append(f"  {key}{alias} = {_default(f)!r}" + (f"  {help_}" if help_ else ""))
     return "\n".join(lines)
-
-
-class UsageError(InputError):
-    """The command line itself is malformed (an unknown flag, a missing value)."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -27,6 +27,7 @@ __all__ = [
     "AccumulationError",
     "CaptureError",
     "CheckpointError",
+    "CheckpointFieldError",
     "CheckpointWriteError",
     "ClassCountsError",
     "CompareError",
@@ -34,6 +35,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "DownloadError",
+    "FileLimitError",
     "FocalsamError",
     "ImageDecodeError",
     "InputError",
@@ -44,12 +46,15 @@ __all__ = [
     "MethodPluginError",
     "NonFiniteLossError",
     "OptimizerInputError",
+    "OutputPathError",
     "RunDirError",
     "RunError",
+    "RunFolderHeldError",
     "StateDictError",
     "StepOrderError",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "UsageError",
     "exit_code",
 ]
 
@@ -77,8 +82,29 @@ class RunDirError(InputError):
     """The run directory cannot be used: taken by another run, or not writable."""
 
 
+class RunFolderHeldError(InputError):
+    """A run folder is held by another live process (its pid is named)."""
+
+
+class OutputPathError(InputError):
+    """An output path lies inside a run folder, cannot be a folder at all, or cannot be
+    created (no permission)."""
+
+
+class UsageError(InputError):
+    """The command line itself is malformed (an unknown flag, a missing value)."""
+
+
+class FileLimitError(InputError):
+    """A YAML or JSON file is too large, too deep, or uses aliases."""
+
+
 class CheckpointError(InputError):
     """A checkpoint to read is missing, unreadable, or not one of ours."""
+
+
+class CheckpointFieldError(CheckpointError):
+    """A checkpoint field has the wrong type, is out of range, or holds NaN/inf weights."""
 
 
 class CompareError(InputError):

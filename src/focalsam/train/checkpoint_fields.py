@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from focalsam.train.checkpoint import CheckpointError, check_finite_state
+from focalsam.errors import CheckpointFieldError
+from focalsam.train.checkpoint import check_finite_state
 
 #: field -> the types it may hold
 TYPES: dict[str, tuple[type, ...]] = {
@@ -18,10 +19,6 @@ TYPES: dict[str, tuple[type, ...]] = {
     "history": (list,),
     "config": (dict,),
 }
-
-
-class CheckpointFieldError(CheckpointError):
-    """A checkpoint field has the wrong type, is out of range, or holds NaN/inf weights."""
 
 
 def check_fields(ckpt: dict[str, Any], path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from focalsam.errors import InputError
+from focalsam.errors import FileLimitError
 from focalsam.models.backbones import BACKBONE_TUNING, is_backbone_name
 from focalsam.train.errors import ConfigError
 
@@ -45,10 +45,6 @@ MAX_DEPTH = 64
 #: model.tuning values a model without parameter-efficient tuning accepts (the default
 #: and ``full``: both train every weight)
 PLAIN_TUNING = ("adaptformer", "full")
-
-
-class FileLimitError(InputError):
-    """A YAML or JSON file is too large, too deep, or uses aliases."""
 
 
 def check_at_most(name: str, value: Any, maximum: int, minimum: int = 1) -> None:

@@ -12,13 +12,8 @@ import errno
 import os
 from pathlib import Path
 
-from focalsam.errors import InputError
+from focalsam.errors import OutputPathError
 from focalsam.train.runlock import LOCK_NAME
-
-
-class OutputPathError(InputError):
-    """An output path lies inside a run folder, cannot be a folder at all, or cannot be
-    created (no permission)."""
 
 
 def is_run_folder(path: Path) -> bool:

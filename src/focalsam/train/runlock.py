@@ -21,13 +21,9 @@ import os
 import socket
 from pathlib import Path
 
-from focalsam.errors import InputError
+from focalsam.errors import RunFolderHeldError
 
 LOCK_NAME = "lock"
-
-
-class RunFolderHeldError(InputError):
-    """A run folder is held by another live process (its pid is named)."""
 
 
 def _owner(fd: int) -> str:
