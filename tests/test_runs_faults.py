@@ -160,4 +160,5 @@ def test_an_unwritable_working_directory_is_one_line_naming_the_path(
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("focalsam: error: ") and "runs" in lines[0], lines[0]
     assert "not writable" in lines[0] or "Permission denied" in lines[0], lines[0]
+    assert "--out" not in lines[0], "the user gave no --out"
     assert list(cwd.iterdir()) == []

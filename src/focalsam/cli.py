@@ -335,7 +335,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         parallel=args.parallel,
     )
     out = Path(args.out) if args.out else default_out(f"compare-{args.preset or 'config'}")
-    doc, failed = run_compare(spec, out)
+    # errors about the folder name the flag only when the user gave it
+    doc, failed = run_compare(spec, out, flag="--out" if args.out else "the compare folder")
     print(terminal(doc))
     print(f"wrote {out / 'compare.json'}, compare.md, accuracy_vs_throughput.png, per_class.png")
     if failed:
