@@ -533,17 +533,20 @@ def test_cifar_presets_carry_the_published_settings():
 def test_compare_smoke_with_sse_sam(tmp_path):
     from focalsam.cli import main
 
+    # the comparison, on the demo preset: the same optimizers, one command
     out = tmp_path / "cmp"
-    argv = ["compare", "--preset", "demo", "--optimizers", "sgd,sse_sam", "--seeds", "0"]
+    optimizers = "sgd,sam,imbsam,sse_sam,focal_sam"
+    argv = ["compare", "--preset", "demo", "--optimizers", optimizers, "--seeds", "0"]
     argv += ["--out", str(out), "epochs=1", "eval_every=1", "tensorboard=false"]
     assert main(argv) == 0
-    doc = json.loads((out / "compare.json").read_text())
-    text = json.dumps(doc)
-    assert "sse_sam" in text
+    for name in ("plain", "sam", "imbsam", "sse_sam", "focal_sam"):
+        assert (out / f"{name}-seed0" / "report.json").is_file(), name
     report = json.loads((out / "sse_sam-seed0" / "report.json").read_text())
     forward, backward = report["passes_per_step"]
     assert 1 <= forward <= 3 and 1 <= backward <= 4 and backward >= forward
-    assert "SSE-SAM" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    for label in ("SAM", "ImbSAM", "SSE-SAM", "Focal-SAM"):
+        assert f"| {label}" in table, label
 
 
 def test_a_captured_step_is_refused_up_front(tmp_path):
