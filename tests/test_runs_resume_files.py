@@ -160,8 +160,36 @@ ANALYSIS_CASES = [
         _edit_json(lambda d: next(iter(_first_run(d)["targets"].values())).update(hessian=1)),
         "hessian",
     ),
+    (
+        "analysis.json eigenvalues strings",
+        "analysis.json",
+        _edit_json(lambda d: _first_target(d)["hessian"].update(values=["big"])),
+        ".hessian.values is not a list of numbers",
+    ),
+    (
+        "analysis.json loss a string",
+        "analysis.json",
+        _edit_json(lambda d: _first_target(d)["basic"].update(loss="0.5")),
+        ".basic.loss is not a number",
+    ),
+    (
+        "analysis.json converged numbers",
+        "analysis.json",
+        _edit_json(lambda d: _first_target(d)["hessian"].update(converged=[1])),
+        ".hessian.converged is not a list of booleans",
+    ),
+    (
+        "analysis.json train_count missing",
+        "analysis.json",
+        _edit_json(lambda d: _first_target(d).pop("train_count")),
+        "lacks train_count",
+    ),
     ("partial file not JSON", ".analysis.partial.json", _text("{"), "not valid JSON"),
 ]
+
+
+def _first_target(analysis: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(_first_run(analysis)["targets"].values()))
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +231,23 @@ def _assert_one_line_naming(capsys: Any, rc: int, path: Path, fragment: str) -> 
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("focalsam: error: "), lines[0]
     assert str(path) in lines[0] and fragment in lines[0], lines[0]
+
+
+def test_every_measure_analyze_writes_has_the_shape_a_resume_checks(analysed, tmp_path):
+    """The check of a resumed analysis.json accepts what analyze itself writes, every
+    measure included, and a resume of that folder keeps the measures."""
+    from focalsam.analysis.saved import MEASURE_FIELDS, malformed
+
+    run, _ = analysed
+    out = tmp_path / "all"
+    every = ["--measure", "hessian,trace,density,sharpness,landscape", "--top-k", "1"]
+    every += ["--samples-per-class", "4", "--lanczos-steps", "2", "--max-iter", "2"]
+    every += ["--trace-probes", "2", "--density-probes", "1", "--grid", "3", "--no-progress"]
+    assert main(["analyze", str(run), "--out", str(out), *every]) == 0
+    doc = json.loads((out / "analysis.json").read_text())
+    assert malformed(doc) is None
+    slot = _first_target(doc)
+    assert set(MEASURE_FIELDS) <= set(slot)
+    before = (out / "analysis.json").read_bytes()
+    assert main(["analyze", str(run), "--out", str(out), *every]) == 0  # all kept
+    assert json.loads((out / "analysis.json").read_bytes())["runs"] == json.loads(before)["runs"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
+from focalsam.analysis.saved import malformed
 from focalsam.analysis.targets import Target, resolve_targets, sample_indices
 from focalsam.errors import InputError
 from focalsam.optim import canonical_name, get_method
@@ -129,7 +130,7 @@ def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[st
         old = read_json(path, "analysis")
     except InputError as exc:
         raise InputError(f"{exc}; choose another --out") from None
-    problem = _malformed(old)
+    problem = malformed(old)
     if problem:
         raise InputError(
             f"{path} is not an analysis.json as focalsam writes it: {problem}; choose another --out"
@@ -139,28 +140,6 @@ def _previous(out: Path, settings: AnalysisSettings, runs: list[str]) -> dict[st
             f"{out} holds an analysis with other settings or runs; choose another --out"
         )
     return dict(old["runs"])
-
-
-def _malformed(doc: Any) -> str | None:
-    """What makes ``doc`` unlike an analysis document where a resume walks it (runs ->
-    targets -> measures, each a JSON object), or None."""
-    if not isinstance(doc, dict):
-        return "it is not a JSON object"
-    missing = [k for k in ("settings", "run_dirs", "runs") if k not in doc]
-    if missing:
-        return f"it lacks {', '.join(missing)}"
-    if not isinstance(doc["runs"], dict):
-        return "runs is not a JSON object"
-    for label, run in doc["runs"].items():
-        if not isinstance(run, dict) or not isinstance(run.get("targets"), dict):
-            return f"runs.{label} is not a JSON object with targets"
-        for name, slot in run["targets"].items():
-            if not isinstance(slot, dict):
-                return f"runs.{label}.targets.{name} is not a JSON object"
-            bad = [m for m in ("basic", *MEASURES) if m in slot and not isinstance(slot[m], dict)]
-            if bad:
-                return f"runs.{label}.targets.{name}.{bad[0]} is not a JSON object"
-    return None
 
 
 def analyze(
