@@ -106,6 +106,22 @@ def test_sync_free_equals_strict_with_absent_groups_and_the_cut(bn_update):
     assert all(not torch.equal(v, start[k]) for k, v in free_model.state_dict().items())
 
 
+def test_a_group_without_a_class_gets_no_pass():
+    """eta 2: no class has fewer than 2 images, so there is no tail; the host knows it
+    and a sync-free step runs SAM's 2 + 2 passes, as strict (then plain SGD's 1 + 1)."""
+    x, y = make_batches(1)[0]
+    states = []
+    for strict in (True, False):
+        model = make_model()
+        opt = sse(model, strict, model=model, eta=2.0)
+        for epoch in (0, 1):
+            opt.set_epoch(epoch, EPOCHS)
+            opt.step(ce(model, x, y), y)
+        assert opt.tail_classes == [] and opt.passes_per_step() == (1.5, 1.5)
+        states.append(state_of(model, opt))
+    assert_close(*states)
+
+
 def test_no_host_read_in_a_sync_free_step(monkeypatch):
     """Before and after the cut, with a batch lacking the tail: a dispatch mode that fails
     on any op reading a value on the host, and patched host reads (``item``, ``tolist``,

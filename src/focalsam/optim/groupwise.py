@@ -249,6 +249,8 @@ class GroupwiseSAM(WrappedOptimizer):
         self.num_groups = int(self.group_of.max()) + 1 if self.num_classes else 0
         if int(self.group_of.min()) < 0:
             raise InvalidHyperparameterError(f"group_of must be >= 0, got {groups.tolist()}")
+        # known on the host: a group without a class never has a sample in a batch
+        self._groups_with_classes = frozenset(int(k) for k in self.group_of.unique())
         self.radii: GroupRadius = (
             FixedRadii(radius) if isinstance(radius, Sequence) else radius  # type: ignore[arg-type]
         )
@@ -419,15 +421,15 @@ class GroupwiseSAM(WrappedOptimizer):
         self, losses: Tensor, targets: Tensor, group: Tensor, sharp_step: bool
     ) -> _Plan:
         """Fold the label and loss checks into the step's device code and plan on what
-        the host knows: every group whose radius is active gets passes. With buffers to
-        put back, which groups have a sample (under DDP in any replica), on the device."""
+        the host knows: every group with a class whose radius is active gets passes. With
+        buffers to put back, which groups have a sample (under DDP in any replica), on
+        the device."""
         self._guard.require_inputs(losses, targets, self.num_classes, self.check_finite)
+        possible = [k for k in range(self.num_groups) if k in self._groups_with_classes]
         perturbed = [
-            k
-            for k in range(self.num_groups)
-            if sharp_step and self.group_weight != 0 and self.radii.active(k)
+            k for k in possible if sharp_step and self.group_weight != 0 and self.radii.active(k)
         ]
-        clean = self.clean_weight != 0 or len(perturbed) < self.num_groups
+        clean = self.clean_weight != 0 or len(perturbed) < len(possible)
         present = None
         if perturbed and self.model is not None and next(self.model.buffers(), None) is not None:
             ids = torch.arange(self.num_groups, device=group.device)
