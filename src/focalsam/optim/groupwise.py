@@ -197,9 +197,11 @@ class GroupwiseSAM(WrappedOptimizer):
     updates once per step. A sync-free step with a scaler is not free of syncs (the
     scaler reads its own overflow flag on the host): an overflow in ``grad L_k`` sets
     ``eps_k = 0`` by selection and makes the last backward non-finite on the device, so
-    the scaler skips the step as in a strict one, unreported. ``step_accumulated`` does not exist: each ``eps_k`` is the
-    normalized gradient of its group over the whole batch, which exact accumulation
-    would have to hold for every group at once; the registry refuses ``accum_steps > 1``.
+    the scaler skips the step as in a strict one, unreported.
+
+    ``step_accumulated`` does not exist: each ``eps_k`` is the normalized gradient of its
+    group over the whole batch, which exact accumulation would have to hold for every
+    group at once; the registry refuses ``accum_steps > 1``.
 
     :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
     the state dict; sync-free steps count the passes of absent groups they run);
