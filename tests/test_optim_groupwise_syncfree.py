@@ -106,6 +106,39 @@ def test_sync_free_equals_strict_with_absent_groups_and_the_cut(bn_update):
     assert all(not torch.equal(v, start[k]) for k, v in free_model.state_dict().items())
 
 
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_the_engine_sync_free_equals_strict_with_three_groups(per_tensor):
+    """The generic engine: three groups, one with radius 0 (folded into the clean pass),
+    a clean weight, two parameter groups with their own rho, every other step plain
+    (sam_every 2); batches missing each group in turn."""
+    data = make_batches(6, batch=12, seed=3)
+    for i, kept in ((0, [0, 1]), (1, [2, 3]), (2, [0, 3]), (3, [1, 2])):
+        y = data[i][1]
+        data[i] = (data[i][0], torch.tensor(kept)[y % 2])  # classes 'kept' only
+    states = []
+    for strict in (True, False):
+        model = make_model()
+        params = list(model.parameters())
+        opt = GroupwiseSAM(
+            [{"params": params[:2], "rho": 0.5}, {"params": params[2:]}],
+            torch.optim.SGD,
+            group_of=[0, 1, 1, 2],
+            radius=[0.2, 0.0, 0.4],
+            clean_weight=0.3,
+            group_weight=0.7,
+            per_tensor=per_tensor,
+            sam_every=2,
+            model=model,
+            strict_checks=strict,
+            **SGD,
+        )
+        for x, y in data:
+            opt.step(ce(model, x, y), y)
+        assert opt.take_skip_report() is None
+        states.append(state_of(model, opt))
+    assert_close(*states)
+
+
 def test_a_group_without_a_class_gets_no_pass():
     """eta 2: no class has fewer than 2 images, so there is no tail; the host knows it
     and a sync-free step runs SAM's 2 + 2 passes, as strict (then plain SGD's 1 + 1)."""
