@@ -155,8 +155,11 @@ class GroupwiseSAM(WrappedOptimizer):
         clean_weight: ``c``, the weight of the whole batch's clean gradient.
         group_weight: ``w``, the weight of the group terms.
         rho: the parameter groups' default ``rho``, the factor of every radius.
-        model: the module being trained: for ``bn_update="clean"`` and for DDP (its
-            ``no_sync`` keeps every backward but the step's last from all-reducing).
+        model: the module being trained: for ``bn_update="clean"``, for DDP (its
+            ``no_sync`` keeps every backward but the step's last from all-reducing) and
+            for sync-free steps (its buffers are put back after an absent group's
+            perturbed forward and rolled back with a skipped step; without it they are
+            not).
         bn_update: ``"both"`` updates BatchNorm statistics in every forward pass;
             ``"clean"`` freezes them in the perturbed ones.
         ascent_all_reduce: under DDP, average each ``grad L_k(theta)`` over the replicas
