@@ -33,8 +33,9 @@ code: classifier-only perturbation; paper: whole network), with forward and
 backward passes counted by hooks.
 
 With ``--sse-sam`` a section on the same CIFAR-100-LT-shaped batches times SGD, SAM,
-ImbSAM and SSE-SAM (eta 100, radii 0.05 / 0.10) before and after its cut, with ratios
-to SGD and to SAM and the passes counted by hooks.
+ImbSAM and SSE-SAM (eta 100, radii 0.05 / 0.10) before and after its cut, strict and
+sync-free (``strict_checks=False``), with ratios to SGD and to SAM and the passes
+counted by hooks.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def ccsam_section(
     }
 
 
+#: a sync-free step (with ``model=`` for its buffers, set per run)
+SYNC_FREE = {"strict_checks": False}
+
+
 def sse_sam_section(
     batch_size: int, device: torch.device, rounds: int, warmup: int, seed: int = 0
 ) -> dict:
@@ -136,11 +141,16 @@ def sse_sam_section(
         # set_epoch(epoch, 10) with gamma 0.7: epoch 0 before the cut, epoch 7 after it
         "sse_sam_before_cut": ("sse_sam", {**sse, "gamma": 0.7}, 0),
         "sse_sam_after_cut": ("sse_sam", {**sse, "gamma": 0.7}, 7),
+        # sync-free steps: checks on the device, every active group's passes run
+        "sse_sam_before_syncfree": ("sse_sam", {**sse, "gamma": 0.7, **SYNC_FREE}, 0),
+        "sse_sam_after_syncfree": ("sse_sam", {**sse, "gamma": 0.7, **SYNC_FREE}, 7),
     }
     steps, passes = {}, {}
     for label, (name, kw, epoch) in methods.items():
         torch.manual_seed(seed)
         model = resnet32(num_classes=100).to(device)
+        if kw.get("strict_checks") is False:
+            kw = {**kw, "model": model}  # its buffers are rolled back with a skipped step
         opt: Any = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
         if epoch is not None:
             opt.set_epoch(epoch, 10)
@@ -437,11 +447,11 @@ def print_sse_sam(c: dict[str, Any]) -> None:
         f"\nSSE-SAM, CIFAR-100 shape: {c['tail_classes']} of 100 classes are tail (n < 100), "
         f"{c['tail_samples_in_batch']} tail samples in the batch"
     )
-    print(f"{'method':<20}{'ms/step':>10}{'x SGD':>8}{'x SAM':>8}  passes fwd/bwd")
+    print(f"{'method':<24}{'ms/step':>10}{'x SGD':>8}{'x SAM':>8}  passes fwd/bwd")
     for name, ms in c["median_ms"].items():
         p = c["passes_per_step"][name]
         print(
-            f"{name:<20}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_sam'][name]:>8.2f}"
+            f"{name:<24}{ms:>10.1f}{c['ratio_to_sgd'][name]:>8.2f}{c['ratio_to_sam'][name]:>8.2f}"
             f"  {p['forward']}/{p['backward']}"
         )
 

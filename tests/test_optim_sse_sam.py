@@ -188,7 +188,7 @@ def test_gamma_bounds():
     with pytest.raises(InvalidHyperparameterError, match="rho_tail"):
         sse(tiny_model(), rho_tail=-0.1)
     with pytest.raises(InvalidHyperparameterError, match="strict_checks"):
-        sse(tiny_model(), strict_checks=False)
+        sse(tiny_model(), strict_checks="no")
 
 
 def test_the_cut_survives_a_resume_mid_epoch():

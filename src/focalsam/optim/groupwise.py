@@ -16,6 +16,17 @@ the batch has ``L_k = 0`` and is skipped too. So a step costs one forward pass a
 ``grad L_k(theta)`` and one forward and one backward pass at ``theta + eps_k``; plus one
 clean backward pass when ``c != 0`` or a group present has radius 0.
 
+A strict step (``strict_checks=True``, or ``None`` on the CPU) reads the groups present
+on the host (one sync). A sync-free step (``strict_checks=False``, or ``None`` on CUDA)
+reads nothing: it plans on what the host knows, the radii, so every group whose radius
+can be above 0 gets its passes whether the batch holds a sample of it or not. An absent
+group has ``L_k = 0``, ``grad L_k = 0``, ``eps_k = 0`` and its perturbed backward adds 0,
+so the update is the strict step's; the model's buffers (BatchNorm statistics) are put
+back after its perturbed forward, ``where(n_k > 0, new, saved)`` on the device. The
+checks fold into one device code and a failed step is rolled back by selection
+(:mod:`focalsam.optim.policies.syncfree`). Only radii that ignore the group's sample
+count can run so (:attr:`GroupRadius.sync_free`); CC-SAM's cannot.
+
 The radius ``r_k`` comes from a :class:`GroupRadius` (fixed radii: :class:`FixedRadii`;
 CC-SAM's class-conditioned radius: :mod:`focalsam.optim.ccsam.network`), multiplied
 per tensor by its parameter group's ``rho`` (a schedule on ``rho`` scales every group's
@@ -44,9 +55,16 @@ from focalsam.optim.errors import (
     StateDictError,
     StepOrderError,
 )
-from focalsam.optim.policies.batchnorm import BatchNormPolicy
+from focalsam.optim.policies.batchnorm import BatchNormPolicy, Kept, put_back
 from focalsam.optim.policies.ddp import distributed
-from focalsam.optim.policies.scaler import active_scaler, base_step
+from focalsam.optim.policies.scaler import active_scaler, base_step, unscale_
+from focalsam.optim.policies.syncfree import (
+    PERTURBED_LOSS,
+    SkipReport,
+    StepGuard,
+    host_state_reason,
+    strict_now,
+)
 from focalsam.optim.validators import (
     check_losses,
     check_targets,
@@ -70,18 +88,34 @@ class GroupRadius(Protocol):
     batch; with per-tensor normalization a tensor of one norm per parameter tensor, and
     the radius then one per tensor or one for all), the group's sample count ``size`` in a
     batch of ``batch`` samples (the batch ``grad L_k`` comes from: under DDP with the
-    ascent all-reduce, all replicas' together) and the parameters at ``theta``."""
+    ascent all-reduce, all replicas' together) and the parameters at ``theta``.
+
+    ``sync_free``: the radius needs neither ``size`` nor ``batch`` and is finite for a
+    zero gradient (an absent group's ``eps_k`` is then 0). Sync-free steps read no count
+    on the host: they call ``radius`` with ``size = batch = None``, also for groups with
+    no sample in the batch. A radius without it makes every step strict."""
+
+    @property
+    def sync_free(self) -> bool: ...
 
     def active(self, group: int) -> bool: ...
 
     def radius(
-        self, group: int, grad_norm: Tensor, size: int, batch: int, params: list[Tensor]
+        self,
+        group: int,
+        grad_norm: Tensor,
+        size: int | None,
+        batch: int | None,
+        params: list[Tensor],
     ) -> Tensor | float: ...
 
 
 class FixedRadii:
     """Fixed radii ``rho_k`` per group (``rho_k = 0``: the group is not perturbed);
-    ``set(k, value)`` changes one (a method's stage schedule)."""
+    ``set(k, value)`` changes one (a method's stage schedule). They ignore the counts, so
+    steps with them can be sync-free."""
+
+    sync_free = True
 
     def __init__(self, radii: Sequence[float]) -> None:
         self.values = [_checked_radius(r, f"radius of group {k}") for k, r in enumerate(radii)]
@@ -93,7 +127,12 @@ class FixedRadii:
         return self.values[group] > 0
 
     def radius(
-        self, group: int, grad_norm: Tensor, size: int, batch: int, params: list[Tensor]
+        self,
+        group: int,
+        grad_norm: Tensor,
+        size: int | None,
+        batch: int | None,
+        params: list[Tensor],
     ) -> float:
         return self.values[group]
 
@@ -116,8 +155,11 @@ class GroupwiseSAM(WrappedOptimizer):
         clean_weight: ``c``, the weight of the whole batch's clean gradient.
         group_weight: ``w``, the weight of the group terms.
         rho: the parameter groups' default ``rho``, the factor of every radius.
-        model: the module being trained: for ``bn_update="clean"`` and for DDP (its
-            ``no_sync`` keeps every backward but the step's last from all-reducing).
+        model: the module being trained: for ``bn_update="clean"``, for DDP (its
+            ``no_sync`` keeps every backward but the step's last from all-reducing) and
+            for sync-free steps (its buffers are put back after an absent group's
+            perturbed forward and rolled back with a skipped step; without it they are
+            not).
         bn_update: ``"both"`` updates BatchNorm statistics in every forward pass;
             ``"clean"`` freezes them in the perturbed ones.
         ascent_all_reduce: under DDP, average each ``grad L_k(theta)`` over the replicas
@@ -126,13 +168,26 @@ class GroupwiseSAM(WrappedOptimizer):
         max_grad_norm: clip the final gradient to this norm before the base step.
         per_tensor: normalize each parameter tensor apart (``eps_{k,t}`` along
             ``grad_t L_k / ||grad_t L_k||``); default: the whole vector, as SAM.
-        check_finite: raise :class:`NonFiniteLossError` (no step taken) when a forward
-            pass returns NaN/inf losses.
-        strict_checks: ``None`` or ``True``. A step plans its passes on the groups
-            present in the batch, which it reads on the host together with the label
-            and loss checks (one sync per step; under DDP the replicas add their group
-            counts and batch sizes with one all-reduce of ``G + 1`` numbers, so every
-            replica runs the same passes). ``False`` (sync-free steps) is refused.
+        check_finite: check that the losses (and, in sync-free steps, the final
+            gradient) are finite; a strict step raises :class:`NonFiniteLossError` (no
+            step taken).
+        strict_checks: ``True``: a step plans its passes on the groups present in the
+            batch, which it reads on the host together with the label and loss checks
+            (one sync per step; under DDP the replicas add their group counts and batch
+            sizes with one all-reduce of ``G + 1`` numbers, so every replica runs the
+            same passes), and raises at once. ``False``: no host-device sync in
+            :meth:`step`; every group whose radius is active gets its passes (an absent
+            group's add exactly 0, and the model's buffers are put back after its
+            perturbed forward, so the update and the BatchNorm statistics are the
+            strict step's); the label and finite checks fold into a device code, a
+            failed step is undone on the device (parameters, the base optimizer's state,
+            ``model``'s buffers) and :meth:`take_skip_report` tells (under DDP the
+            replicas agree through one all-reduce of one number, and, when ``model``
+            has buffers, add their group counts on the device to put them back alike).
+            ``None`` (default): strict on the CPU, sync-free for CUDA parameters when
+            the base optimizer keeps its state on the device. A radius that needs the
+            groups' counts (``sync_free`` false, CC-SAM's) makes every step strict and
+            refuses ``False``.
         sam_every: ``k >= 1``; step ``i`` (counted from 0, saved in the state dict) is
             sharpness-aware when ``i % k == 0``, the others take one pass with
             ``eps = 0``: ``g = grad (1/B) sum_i (c + w) l_i(theta)``.
@@ -142,14 +197,20 @@ class GroupwiseSAM(WrappedOptimizer):
     no group is perturbed, the clean gradient is averaged by hand). With an fp16
     ``GradScaler``, the gradients are unscaled before each norm, a non-finite
     ``grad L_k`` or final gradient makes the scaler skip the whole step, and the scaler
-    updates once per step. ``step_accumulated`` does not exist: each ``eps_k`` is the
-    normalized gradient of its group over the whole batch, which exact accumulation
-    would have to hold for every group at once; the registry refuses ``accum_steps > 1``.
+    updates once per step. A sync-free step with a scaler is not free of syncs (the
+    scaler reads its own overflow flag on the host): an overflow in ``grad L_k`` sets
+    ``eps_k = 0`` by selection and makes the last backward non-finite on the device, so
+    the scaler skips the step as in a strict one, unreported.
+
+    ``step_accumulated`` does not exist: each ``eps_k`` is the normalized gradient of its
+    group over the whole batch, which exact accumulation would have to hold for every
+    group at once; the registry refuses ``accum_steps > 1``.
 
     :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
-    the state dict); :meth:`passes_per_step` is their mean. :attr:`last_radii` holds,
-    for each group perturbed in the last step, its radius ``rho_t * r_k`` (one number,
-    or one per parameter tensor when they differ).
+    the state dict; sync-free steps count the passes of absent groups they run);
+    :meth:`passes_per_step` is their mean. :attr:`last_radii` holds, for each group
+    perturbed in the last step, its radius ``rho_t * r_k`` (one number, or one per
+    parameter tensor when they differ).
     """
 
     def __init__(
@@ -179,12 +240,6 @@ class GroupwiseSAM(WrappedOptimizer):
             strict_checks=strict_checks,
             sam_every=sam_every,
         )
-        if strict_checks is False:
-            raise InvalidHyperparameterError(
-                f"{type(self).__name__} plans its passes on the groups present in each "
-                "batch, read on the host: it always checks strictly; use strict_checks=None "
-                "or True"
-            )
         for name, value in (("clean_weight", clean_weight), ("group_weight", group_weight)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidHyperparameterError(f"{name} must be a number, got {value!r}")
@@ -199,6 +254,8 @@ class GroupwiseSAM(WrappedOptimizer):
         self.num_groups = int(self.group_of.max()) + 1 if self.num_classes else 0
         if int(self.group_of.min()) < 0:
             raise InvalidHyperparameterError(f"group_of must be >= 0, got {groups.tolist()}")
+        # known on the host: a group without a class never has a sample in a batch
+        self._groups_with_classes = frozenset(int(k) for k in self.group_of.unique())
         self.radii: GroupRadius = (
             FixedRadii(radius) if isinstance(radius, Sequence) else radius  # type: ignore[arg-type]
         )
@@ -210,8 +267,11 @@ class GroupwiseSAM(WrappedOptimizer):
         self.clean_weight = float(clean_weight)
         self.group_weight = float(group_weight)
 
+        self._radius_sync_free = bool(getattr(self.radii, "sync_free", False))
         validate_rho(rho)
         self._wrap(params, base_optimizer, {"rho": rho}, base_kwargs)
+        if strict_checks is False:
+            self._check_sync_free()
         self.model = model
         self.bn_update: BatchNormUpdate = bn_update
         self._bn = BatchNormPolicy(model, bn_update)
@@ -226,6 +286,7 @@ class GroupwiseSAM(WrappedOptimizer):
         self._steps = 0
         self._backup = BufferPool()
         self._group_cache: dict[str, Tensor] = {}
+        self._guard = StepGuard()
         self._warned_no_model = False
 
     # ------------------------------------------------------------------ API
@@ -255,6 +316,13 @@ class GroupwiseSAM(WrappedOptimizer):
         scaler = active_scaler(scaler)
         backward_fn = backward or default_backward
         params = trainable(self.param_groups)
+        strict = not self._radius_sync_free or strict_now(
+            self.strict_checks, self.base_optimizer, params
+        )
+        if strict:
+            self._guard.calls += 1  # strict steps are counted on the host
+        else:
+            self._guard.begin(self.base_optimizer, params, self.model)
         zero_grads(params)
         self.last_radii = {}
         sharp_step = self._steps % self.sam_every == 0
@@ -264,35 +332,25 @@ class GroupwiseSAM(WrappedOptimizer):
         size = check_losses(losses)
         targets = check_targets(targets, size)
         group = self._groups_on(losses.device)[targets.clamp(0, self.num_classes - 1)]
-        counts = torch.bincount(group, minlength=self.num_groups)
-        local = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
-        plan = _Counts(local, size)
-        if distributed():
-            # every replica must run the same passes: plan on the global batch
-            shared = torch.tensor([*local, size], dtype=torch.long, device=losses.device)
-            dist.all_reduce(shared)
-            *total, batch = shared.tolist()
-            plan = _Counts(total, batch)
-        perturbed = [
-            k
-            for k in range(self.num_groups)
-            if sharp_step and plan.counts[k] > 0 and self.group_weight != 0 and self.radii.active(k)
-        ]
-        # the batch each ascent gradient comes from: all replicas' when it is all-reduced
-        ascent = plan if self.ascent_all_reduce else _Counts(local, size)
+        if strict:
+            plan = self._strict_plan(losses, targets, group, size, sharp_step)
+        else:
+            plan = self._sync_free_plan(losses, targets, group, sharp_step)
         try:
-            clean_ran = self._passes(
-                losses, group, size, plan.counts, ascent, perturbed, closure, scaler, backward_fn
-            )
+            self._passes(losses, group, size, plan, closure, scaler, backward_fn)
         except BaseException:
             zero_grads(params)
             raise
         self._opt_called = True  # tells lr schedulers that the optimizer stepped
         with_grad = [p for p in trainable(self.param_groups) if p.grad is not None]
+        if not strict and self.check_finite and scaler is None:
+            self._guard.require_finite_grads(params)
         base_step(self.base_optimizer, with_grad, scaler, self.max_grad_norm)
+        if not strict:  # undo the update on the device where a check failed
+            self._guard.end(self.base_optimizer, params[0])
         self.pass_counts["steps"] += 1
-        self.pass_counts["forward"] += 1 + len(perturbed)
-        self.pass_counts["backward"] += 2 * len(perturbed) + int(clean_ran)
+        self.pass_counts["forward"] += 1 + len(plan.perturbed)
+        self.pass_counts["backward"] += 2 * len(plan.perturbed) + int(plan.clean)
         self._steps += 1
         return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
 
@@ -303,9 +361,12 @@ class GroupwiseSAM(WrappedOptimizer):
             return None
         return (self.pass_counts["forward"] / steps, self.pass_counts["backward"] / steps)
 
-    def take_skip_report(self) -> None:
-        """Always ``None``: every step checks strictly and raises instead of skipping."""
-        return None
+    def take_skip_report(self) -> SkipReport | None:
+        """The sync-free steps skipped on the device since the last call, or ``None`` (one
+        host sync; it resets the counts). Strict steps raise instead and are never
+        counted. A training loop calls it at its natural sync points and stops the run
+        with ``report.error()``, the error a strict step would have raised."""
+        return self._guard.report(self.num_classes)
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state, the step count (``sam_every``) and the pass counts."""
@@ -334,34 +395,78 @@ class GroupwiseSAM(WrappedOptimizer):
         super().load_state_dict(state_dict)
         self._steps, self.pass_counts = steps, passes
 
+    # -------------------------------------------------------------- plans
+    def _strict_plan(
+        self, losses: Tensor, targets: Tensor, group: Tensor, size: int, sharp_step: bool
+    ) -> _Plan:
+        """Check labels and losses and read the group counts on the host (one sync; under
+        DDP all replicas' counts): the groups present whose radius is active get passes."""
+        counts = torch.bincount(group, minlength=self.num_groups)
+        local = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        plan = _Counts(local, size)
+        if distributed():
+            # every replica must run the same passes: plan on the global batch
+            shared = torch.tensor([*local, size], dtype=torch.long, device=losses.device)
+            dist.all_reduce(shared)
+            *total, batch = shared.tolist()
+            plan = _Counts(total, batch)
+        perturbed = [
+            k
+            for k in range(self.num_groups)
+            if sharp_step and plan.counts[k] > 0 and self.group_weight != 0 and self.radii.active(k)
+        ]
+        clean = self.clean_weight != 0 or any(
+            plan.counts[k] > 0 and k not in perturbed for k in range(self.num_groups)
+        )
+        # the batch each ascent gradient comes from: all replicas' when it is all-reduced
+        ascent = plan if self.ascent_all_reduce else _Counts(local, size)
+        return _Plan(perturbed, clean, ascent, None)
+
+    def _sync_free_plan(
+        self, losses: Tensor, targets: Tensor, group: Tensor, sharp_step: bool
+    ) -> _Plan:
+        """Fold the label and loss checks into the step's device code and plan on what
+        the host knows: every group with a class whose radius is active gets passes. With
+        buffers to put back, which groups have a sample (under DDP in any replica), on
+        the device."""
+        self._guard.require_inputs(losses, targets, self.num_classes, self.check_finite)
+        possible = [k for k in range(self.num_groups) if k in self._groups_with_classes]
+        perturbed = [
+            k for k in possible if sharp_step and self.group_weight != 0 and self.radii.active(k)
+        ]
+        clean = self.clean_weight != 0 or len(perturbed) < len(possible)
+        present = None
+        if perturbed and self.model is not None and next(self.model.buffers(), None) is not None:
+            ids = torch.arange(self.num_groups, device=group.device)
+            hits = (group.unsqueeze(1) == ids).any(0).long()
+            if distributed():  # a strict step plans on all replicas' counts
+                dist.all_reduce(hits, op=dist.ReduceOp.MAX)
+            present = hits > 0
+        return _Plan(perturbed, clean, None, present)
+
     # -------------------------------------------------------------- passes
     def _passes(
         self,
         losses: Tensor,
         group: Tensor,
         size: int,
-        counts: list[int],
-        ascent: _Counts,
-        perturbed: list[int],
+        plan: _Plan,
         closure: Callable[[], Any],
         scaler: torch.amp.GradScaler | None,
         backward_fn: BackwardFn,
-    ) -> bool:
+    ) -> None:
         """Leave ``g`` in ``.grad`` (scaled like the losses): the clean backward, then each
-        perturbed group's passes in group order. ``counts``: the group counts the passes
-        are planned on (all replicas', so every replica runs the same passes); ``ascent``: the group counts and batch size behind each ``grad L_k`` (all
-        replicas' with the ascent all-reduce). Returns whether the clean backward ran."""
+        perturbed group's passes in group order, as ``plan`` says."""
         params = trainable(self.param_groups)
-        inv_scale = 1.0 if scaler is None else 1.0 / float(scaler.get_scale())
+        strict = plan.ascent is not None
+        perturbed = plan.perturbed
+        inv_scale = 1.0 if scaler is None or not strict else 1.0 / float(scaler.get_scale())
         is_perturbed = torch.zeros(self.num_groups, dtype=torch.bool, device=losses.device)
         if perturbed:
             is_perturbed[perturbed] = True
         # c for every sample, plus w for the samples of groups not perturbed (eps_k = 0)
         clean = self.clean_weight + self.group_weight * (~is_perturbed[group]).to(losses.dtype)
-        clean_ran = self.clean_weight != 0 or any(
-            counts[k] > 0 and k not in perturbed for k in range(self.num_groups)
-        )
-        if clean_ran:
+        if plan.clean:
             with self._context(sync=not perturbed):
                 backward_fn(
                     _scaled(torch.dot(losses, clean) / size, scaler),
@@ -370,11 +475,12 @@ class GroupwiseSAM(WrappedOptimizer):
         if not perturbed:
             if distributed() and getattr(self.model, "no_sync", None) is not None:
                 _average_grads(params)  # the clean forward ran under no_sync
-            return clean_ran
+            return
         data = [p.data for p in params]
         backup = self._backup(params)
         torch._foreach_copy_(backup, data)
         total = losses.new_zeros(())
+        overflow: Tensor | None = None  # sync-free with a scaler: some grad L_k overflowed
         for j, k in enumerate(perturbed):
             last = j == len(perturbed) - 1
             mask = (group == k).to(losses.dtype)
@@ -385,43 +491,59 @@ class GroupwiseSAM(WrappedOptimizer):
                 allow_unused=True,
             )
             g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
-            if inv_scale != 1.0:
+            if not strict:
+                unscale_(g, scaler, strict=False)  # by the scale on the device
+            elif inv_scale != 1.0:
                 torch._foreach_mul_(g, inv_scale)
             if self.ascent_all_reduce and distributed():
                 _average(g)
             norms = torch.stack(torch._foreach_norm(g))
             norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
-            if scaler is not None and not bool(torch.isfinite(norm).all()):
+            if plan.ascent is None:
+                # sync-free: an absent group has g = 0, so eps_k = r * 0 / (0 + TINY) = 0
+                self._scaled_eps(g, params, k, self.radii.radius(k, norm, None, None, params), norm)
+                if scaler is not None:
+                    overflow = _zero_unless_finite(g, norm, overflow)
+            elif scaler is not None and not bool(torch.isfinite(norm).all()):
                 # fp16 overflow in grad L_k: put an inf in .grad before the step's
                 # all-reduce, so the scaler skips the step on every replica; run the
                 # remaining passes unperturbed (every replica runs the same passes)
                 _poison(params)
                 torch._foreach_zero_(g)
-            elif ascent.counts[k] > 0:
-                r = self.radii.radius(k, norm, ascent.counts[k], ascent.batch, params)
+            elif plan.ascent.counts[k] > 0:
+                r = self.radii.radius(k, norm, plan.ascent.counts[k], plan.ascent.batch, params)
                 self._scaled_eps(g, params, k, r, norm)
             # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
             with torch.no_grad():
                 torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
+            kept: Kept | None = None
+            if plan.present is not None:  # a strict step runs this pass only if k is present
+                kept = self._bn.keep_unless(plan.present[k])
             self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
             try:
                 with self._context(sync=last):
                     shifted = losses_of(closure())
                     check_losses(shifted, expected=size)
                     weighted = torch.dot(shifted, mask) * (self.group_weight / size)
+                    if last and overflow is not None:
+                        # inf in every replica's .grad before the all-reduce: the scaler skips
+                        weighted = weighted * torch.where(overflow, float("inf"), 1.0)
                     backward_fn(_scaled(weighted, scaler))
-                total = total + torch.dot(shifted.detach(), mask)
+                if strict:
+                    total = total + torch.dot(shifted.detach(), mask)
+                elif self.check_finite and scaler is None:
+                    self._guard.require(torch.isfinite(shifted.detach()).all(), PERTURBED_LOSS)
             finally:
                 with torch.no_grad():
                     torch._foreach_copy_(data, backup)
                 self._bn.unfreeze()
-        if self.check_finite and scaler is None:
+                put_back(kept)
+        if strict and self.check_finite and scaler is None:
             ensure_finite(
                 total,
                 "the forward pass at theta + eps_k returned non-finite losses; "
                 "the parameters were restored and no step was taken",
             )
-        return clean_ran
 
     def _scaled_eps(
         self, g: list[Tensor], params: list[Tensor], group: int, r: Tensor | float, norm: Tensor
@@ -446,6 +568,23 @@ class GroupwiseSAM(WrappedOptimizer):
         self.last_radii[group] = radius * per_tensor
 
     # ------------------------------------------------------------- helpers
+    def _check_sync_free(self) -> None:
+        """``strict_checks=False`` needs a radius that ignores the counts and a base
+        optimizer whose state a skipped step can roll back on the device."""
+        if not self._radius_sync_free:
+            raise InvalidHyperparameterError(
+                f"{type(self).__name__} cannot take sync-free steps (strict_checks=False): "
+                f"its radius ({type(self.radii).__name__}) needs each group's sample count "
+                "in the batch, read on the host; use strict_checks=None or True"
+            )
+        params = trainable(self.param_groups)
+        reason = params and host_state_reason(self.base_optimizer, params[0].device)
+        if reason:
+            raise InvalidHyperparameterError(
+                f"strict_checks=False cannot roll back a skipped step: {reason}, "
+                "or use strict_checks=True"
+            )
+
     def _groups_on(self, device: torch.device) -> Tensor:
         key = str(device)
         if key not in self._group_cache:
@@ -476,6 +615,18 @@ class _Counts(NamedTuple):
     batch: int
 
 
+class _Plan(NamedTuple):
+    """The passes of one step: the groups perturbed (in order), whether the clean backward
+    runs, the host counts behind each ``grad L_k`` (``None``: a sync-free step, which reads
+    none) and, sync-free with buffers to put back, which groups have a sample (device
+    bools; under DDP in any replica)."""
+
+    perturbed: list[int]
+    clean: bool
+    ascent: _Counts | None
+    present: Tensor | None
+
+
 def _checked_radius(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise InvalidHyperparameterError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -486,6 +637,17 @@ def _checked_radius(value: Any, name: str) -> float:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@torch.no_grad()
+def _zero_unless_finite(eps: list[Tensor], norm: Tensor, overflow: Tensor | None) -> Tensor:
+    """Sync-free fp16: ``eps_k <- where(||grad L_k|| finite, eps_k, 0)`` on the device (a
+    selection: ``0 * inf`` is NaN), as a strict step zeroes it; returns ``overflow``
+    or-ed with this group's."""
+    bad = torch.isfinite(norm).all().logical_not()
+    for t in eps:
+        t.masked_fill_(bad, 0.0)
+    return bad if overflow is None else overflow | bad
 
 
 def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:

@@ -377,9 +377,9 @@ register_method(
         needs_class_counts=True,
         aliases=("ssesam",),
         accumulates=False,
-        sync_free=False,
         capturable=False,
-        not_capturable_because="its passes depend on the groups present in the batch",
+        not_capturable_because="its passes change at the stage cut (the head's perturbed "
+        "passes stop there), which one captured graph cannot follow",
         display_name="SSE-SAM",
     )
 )

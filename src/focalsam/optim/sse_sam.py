@@ -28,9 +28,13 @@ Where ours differs: the public code runs a fresh forward pass for each group's c
 gradient (4 forward and 4 backward passes per step); ours takes both clean gradients
 from one forward pass at ``theta`` (3 forward and 4 backward passes while both groups
 are present and perturbed; 2 forward and 3 backward after the cut). With BatchNorm its
-running statistics see 4 forward passes per step there, 3 (or 2) here. A group with
-no sample in the batch is skipped here (there its zero gradient gives ``eps = 0``
-and its passes add nothing).
+running statistics see 4 forward passes per step there, 3 (or 2) here. A strict step
+skips a group with no sample in the batch (there its zero gradient gives ``eps = 0``
+and its passes add nothing). A sync-free step (``strict_checks=False``, the default on
+CUDA) reads no count on the host: it runs both groups' passes before the cut and the
+tail's after it, whatever the batch holds; an absent group's add exactly 0 and the
+BatchNorm statistics of its perturbed forward are put back, so it trains as the strict
+step does.
 """
 
 from __future__ import annotations
@@ -92,6 +96,10 @@ class SSESAM(GroupwiseSAM):
 
     Call :meth:`set_epoch` at the start of each epoch (the trainer does): the stage
     schedule lives in the optimizer and its state dict, so a resumed run continues it.
+    With ``strict_checks=False`` (or ``None`` on CUDA) steps are sync-free: no host read,
+    the same update and BatchNorm statistics as a strict step, failed checks rolled back
+    on the device and told by :meth:`take_skip_report` (the group-wise engine's
+    ``strict_checks``).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from focalsam.optim.ascent import TINY
-from focalsam.optim.ccsam.radius import ccsam_radius
+from focalsam.optim.ccsam.radius import NO_SYNC_FREE, ccsam_radius
 from focalsam.optim.class_weights import ClassCounts
 from focalsam.optim.errors import InvalidHyperparameterError
 from focalsam.optim.groupwise import GroupwiseSAM
@@ -36,7 +36,11 @@ from focalsam.optim.validators import validate_ccsam_counts
 class ClassConditionedRadius:
     """CC-SAM's radius per class (group): ``sqrt(||w|| / ||g_c||) P^(1/4) /
     (sqrt(2) (n_c - 1)^(1/4))``, times the parameter group's ``rho`` in the engine (one
-    per tensor when ``grad_norm`` holds one norm per tensor)."""
+    per tensor when ``grad_norm`` holds one norm per tensor). It takes the class's
+    mean gradient, ``||g_c|| = (B / n_c^batch) ||grad L_c||``, so it needs the class's
+    count in the batch: not sync-free."""
+
+    sync_free = False
 
     def __init__(self, class_counts: Tensor) -> None:
         self.counts: list[float] = class_counts.tolist()
@@ -45,8 +49,18 @@ class ClassConditionedRadius:
         return True
 
     def radius(
-        self, group: int, grad_norm: Tensor, size: int, batch: int, params: list[Tensor]
+        self,
+        group: int,
+        grad_norm: Tensor,
+        size: int | None,
+        batch: int | None,
+        params: list[Tensor],
     ) -> Tensor:
+        if size is None or batch is None:
+            raise InvalidHyperparameterError(
+                "CC-SAM's class-conditioned radius needs the class's sample count in the "
+                "batch: it runs in strict steps only"
+            )
         norms = torch._foreach_norm([p.detach() for p in params])
         param_norm = torch.linalg.vector_norm(torch.stack(norms)) + TINY
         num = sum(p.numel() for p in params)
@@ -65,7 +79,10 @@ class GroupwiseCCSAM(GroupwiseSAM):
     ``class_counts``: training samples per class, each >= 2. Other options are the
     group-wise engine's (``model``, ``bn_update``, ``ascent_all_reduce``,
     ``max_grad_norm``, ``per_tensor``, ``check_finite``, ``strict_checks``,
-    ``sam_every``) and the base optimizer's.
+    ``sam_every``) and the base optimizer's. Its steps are always strict and
+    ``strict_checks=False`` is refused: the radius takes each class's count in the batch,
+    read on the host, and a sync-free step would have to run the passes of every class of
+    the dataset whatever the batch holds (100 perturbed passes per step on CIFAR-100).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
@@ -96,6 +113,8 @@ class GroupwiseCCSAM(GroupwiseSAM):
             or not 0 <= flat_ratio <= 1
         ):
             raise InvalidHyperparameterError(f"flat_ratio must lie in [0, 1], got {flat_ratio!r}")
+        if kwargs.get("strict_checks") is False:
+            raise InvalidHyperparameterError(NO_SYNC_FREE)
         self.class_counts = validate_ccsam_counts(class_counts, num_classes)
         self.flat_ratio = float(flat_ratio)
         super().__init__(

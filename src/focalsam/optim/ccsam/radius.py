@@ -10,6 +10,15 @@ from torch import Tensor
 
 from focalsam.optim.errors import ClassCountsError
 
+#: Why CC-SAM refuses ``strict_checks=False``, in both modes.
+NO_SYNC_FREE = (
+    "CC-SAM checks strictly: strict_checks=False is refused. Its passes follow the classes "
+    "present in each batch, read on the host, and its class-conditioned radius takes each "
+    "class's sample count in the batch; a sync-free step would have to run the perturbed "
+    "passes of every class of the dataset whatever the batch holds (100 per step on "
+    "CIFAR-100). Use strict_checks=None or True"
+)
+
 
 def ccsam_radius(
     rho: Tensor | float,
@@ -38,4 +47,4 @@ def ccsam_radius(
     )
 
 
-__all__ = ["ccsam_radius"]
+__all__ = ["NO_SYNC_FREE", "ccsam_radius"]

@@ -76,7 +76,7 @@ from focalsam.optim.ascent import TINY
 from focalsam.optim.backward import BackwardFn, default_backward
 from focalsam.optim.buffers import DeviceCache, zero_grads
 from focalsam.optim.ccsam.network import GroupwiseCCSAM
-from focalsam.optim.ccsam.radius import ccsam_radius
+from focalsam.optim.ccsam.radius import NO_SYNC_FREE, ccsam_radius
 from focalsam.optim.ccsam.stage2 import (
     CCSAMStage2,
     LossFn,
@@ -156,7 +156,10 @@ class CCSAM(WrappedOptimizer):
             forward returns NaN/inf losses.
         strict_checks: ``None`` or ``True``: CC-SAM always checks on the host; it
             plans its passes on the classes present in each batch, which it reads
-            there (one sync per step). ``False`` (sync-free) is refused.
+            there (one sync per step). ``False`` (sync-free) is refused: its radius
+            takes each class's count in the batch, and a sync-free step would have to
+            run the passes of every class of the dataset whatever the batch holds (100
+            per step on CIFAR-100).
         sam_every: must be 1 (every step perturbs): accepted so a caller can pass
             the engine's settings alike; other values are refused.
         **base_kwargs: the base optimizer's options (``lr``, ``momentum``, ...).
@@ -212,10 +215,7 @@ class CCSAM(WrappedOptimizer):
         validate_rho(rho)
         validate_step_options(strict_checks, sam_every)
         if strict_checks is False:
-            raise InvalidHyperparameterError(
-                "CC-SAM plans its passes on the classes present in each batch, read on the "
-                "host: it always checks strictly; use strict_checks=None or True"
-            )
+            raise InvalidHyperparameterError(NO_SYNC_FREE)
         if sam_every != 1:
             raise InvalidHyperparameterError(
                 f"CC-SAM perturbs on every step: sam_every must be 1, got {sam_every}"

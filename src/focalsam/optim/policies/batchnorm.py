@@ -1,7 +1,8 @@
 """BatchNorm in a sharpness-aware step: ``bn_update="clean"`` holds the running statistics
 during the perturbed forward passes (``"both"``, the published code, lets them update in
 both), and a sync-free step puts the model's buffers back where a strict one would not have
-run the perturbed forward at all."""
+run the perturbed forward at all (a micro-batch with no sharp weight, a group with no
+sample in the batch)."""
 
 from __future__ import annotations
 
@@ -66,19 +67,32 @@ class BatchNormPolicy:
         """Sync-free: a micro-batch whose sharp weights are all zero (ImbSAM with no tail
         sample) still runs its perturbed forward, which a strict step skips; its buffers
         are kept here to be :func:`put_back`, so both modes train the same."""
-        if self.model is None or not self.sharp_can_vanish or not isinstance(sharp, Tensor):
+        if not self.sharp_can_vanish or not isinstance(sharp, Tensor):
             return None  # Focal-SAM's sharp weights are never all zero: nothing to keep
+        return self.keep_unless(sharp.ne(0).any())
+
+    @torch.no_grad()
+    def keep_unless(self, ran: Tensor) -> Kept | None:
+        """Sync-free: the model's buffers before a perturbed forward that a strict step
+        runs only where the device bool ``ran`` holds (the group-wise engine: the group has
+        a sample in the batch); :func:`put_back` selects them back where it does not."""
+        if self.model is None:
+            return None
         buffers = list(self.model.buffers())
         if not buffers:
             return None
-        return buffers, [b.clone() for b in buffers], sharp.ne(0).any()
+        return buffers, [b.clone() for b in buffers], ran
 
 
 @torch.no_grad()
 def put_back(kept: Kept | None) -> None:
-    """Each kept buffer as it is when its pass ran (a device bool), else as it was kept."""
+    """Each kept buffer as it is when its pass ran (a device bool), else as it was kept.
+
+    Written through ``.data``: a clean graph still held (the group-wise engine takes the
+    next group's gradient from it) saved the running statistics, which a training-mode
+    backward does not read, and must stay usable."""
     if kept is None:
         return
     buffers, saved, ran = kept
     for buf, old in zip(buffers, saved):
-        buf.copy_(torch.where(ran, buf, old))
+        buf.data.copy_(torch.where(ran, buf, old))
