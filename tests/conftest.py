@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -281,3 +282,25 @@ def silent_trainer(cfg: Any, **kw: Any) -> Any:
     from focalsam.train import Trainer
 
     return Trainer(cfg, log=lambda _m: None, **kw)
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on every op that reads a tensor's value on the host."""
+
+    SYNCING = ("_local_scalar_dense", "is_nonzero", "nonzero", "equal", "item")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNCING:
+            raise AssertionError(f"host sync: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+def patch_host_reads(monkeypatch: Any) -> None:
+    """Make every Python-level host read of a tensor (``item``, ``tolist``, ``bool``, ...)
+    fail, through ``monkeypatch``."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("host read")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, fail)

@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import InfGrad, checkpoint_roundtrip, demo_config, run_gloo, silent_trainer
+from conftest import (
+    InfGrad,
+    NoHostSync,
+    checkpoint_roundtrip,
+    demo_config,
+    patch_host_reads,
+    run_gloo,
+    silent_trainer,
+)
 from conftest import tiny_batches as make_batches
 from conftest import tiny_model as make_model
-from test_optim_syncfree import NoSync, _patch_host_reads
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -168,8 +175,8 @@ def test_no_host_read_in_a_sync_free_step(monkeypatch):
         for guard in guards:
             with monkeypatch.context() as m:
                 if guard == "patch":
-                    _patch_host_reads(m)
-                with NoSync() if guard == "dispatch" else contextlib.nullcontext():
+                    patch_host_reads(m)
+                with NoHostSync() if guard == "dispatch" else contextlib.nullcontext():
                     for epoch in (0, 1):
                         opt.set_epoch(epoch, EPOCHS)
                         x, y = data[1]  # no tail sample

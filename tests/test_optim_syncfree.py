@@ -8,8 +8,16 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import COUNTS, InfGrad, build, per_sample_ce, tiny_batches, tiny_model
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import (
+    COUNTS,
+    InfGrad,
+    NoHostSync,
+    build,
+    patch_host_reads,
+    per_sample_ce,
+    tiny_batches,
+    tiny_model,
+)
 
 from focalsam.optim import (
     CCSAM,
@@ -133,25 +141,6 @@ def test_imbsam_without_tail_samples_keeps_batchnorm_statistics_like_strict():
     assert_same(snapshot(m1, o1), snapshot(m2, o2))
 
 
-class NoSync(TorchDispatchMode):
-    """Fails on every op that reads a tensor's value on the host."""
-
-    SYNCING = ("_local_scalar_dense", "is_nonzero", "nonzero", "equal", "item")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in self.SYNCING:
-            raise AssertionError(f"host sync: {func}")
-        return func(*args, **(kwargs or {}))
-
-
-def _patch_host_reads(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("host read")
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, fail)
-
-
 @pytest.mark.parametrize("guard", ["dispatch", "patch"])
 @pytest.mark.parametrize("name", ["sam", "focal_sam"])
 def test_no_host_sync_in_a_sync_free_step(name, guard, monkeypatch):
@@ -162,8 +151,8 @@ def test_no_host_sync_in_a_sync_free_step(name, guard, monkeypatch):
         opt.step(per_sample_ce(model, x, y), y)  # state exists: the steady-state step
         with monkeypatch.context() as m:
             if guard == "patch":
-                _patch_host_reads(m)
-            ctx = NoSync() if guard == "dispatch" else contextlib.nullcontext()
+                patch_host_reads(m)
+            ctx = NoHostSync() if guard == "dispatch" else contextlib.nullcontext()
             with ctx:
                 if strict:
                     with pytest.raises(AssertionError, match="host"):
