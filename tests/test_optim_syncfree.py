@@ -231,3 +231,17 @@ def test_ccsam_checks_strictly():
         CCSAM(model.parameters(), torch.optim.SGD, strict_checks=False, **kw)
     opt = CCSAM(model.parameters(), torch.optim.SGD, strict_checks=True, **kw)
     assert opt.take_skip_report() is None
+
+
+@pytest.mark.parametrize("method", ["sam", "sse_sam"])
+def test_sync_free_steps_are_refused_up_front_when_a_skip_could_not_be_rolled_back(method):
+    """Adam without capturable=True keeps its step count on the host: off the CPU a
+    skipped sync-free step could not undo it, so strict_checks=False is refused when the
+    optimizer is built (parameters on the meta device stand in for an accelerator)."""
+    from focalsam.optim import get_method
+
+    params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    with pytest.raises(InvalidHyperparameterError, match="cannot roll back a skipped step"):
+        get_method(method).build(
+            params, "adam", class_counts=COUNTS, settings={"strict_checks": False}
+        )

@@ -47,7 +47,12 @@ from focalsam.optim.policies.batchnorm import BatchNormPolicy, BatchNormUpdate
 from focalsam.optim.policies.ddp import DdpPolicy
 from focalsam.optim.policies.every import SamEvery
 from focalsam.optim.policies.scaler import active_scaler, base_step, scaled
-from focalsam.optim.policies.syncfree import SkipReport, StepGuard, host_state_reason, strict_now
+from focalsam.optim.policies.syncfree import (
+    SkipReport,
+    StepGuard,
+    refuse_unrollbackable,
+    strict_now,
+)
 from focalsam.optim.sample_weights import SampleWeights, weighted_mean
 from focalsam.optim.validators import (
     MicroBatch,
@@ -164,13 +169,7 @@ class WeightedSAM(WrappedOptimizer):
         weights = SampleWeights(clean_weights, sharp_weights)
         self._wrap(params, base_optimizer, {"rho": rho, "adaptive": adaptive}, base_kwargs)
         if strict_checks is False:
-            params_now = trainable(self.param_groups)
-            reason = params_now and host_state_reason(self.base_optimizer, params_now[0].device)
-            if reason:
-                raise InvalidHyperparameterError(
-                    f"strict_checks=False cannot roll back a skipped step: {reason}, "
-                    "or use strict_checks=True"
-                )
+            refuse_unrollbackable(self.base_optimizer, trainable(self.param_groups))
         self.strict_checks = strict_checks
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite

@@ -62,7 +62,7 @@ from focalsam.optim.policies.syncfree import (
     PERTURBED_LOSS,
     SkipReport,
     StepGuard,
-    host_state_reason,
+    refuse_unrollbackable,
     strict_now,
 )
 from focalsam.optim.validators import (
@@ -577,13 +577,7 @@ class GroupwiseSAM(WrappedOptimizer):
                 f"its radius ({type(self.radii).__name__}) needs each group's sample count "
                 "in the batch, read on the host; use strict_checks=None or True"
             )
-        params = trainable(self.param_groups)
-        reason = params and host_state_reason(self.base_optimizer, params[0].device)
-        if reason:
-            raise InvalidHyperparameterError(
-                f"strict_checks=False cannot roll back a skipped step: {reason}, "
-                "or use strict_checks=True"
-            )
+        refuse_unrollbackable(self.base_optimizer, trainable(self.param_groups))
 
     def _groups_on(self, device: torch.device) -> Tensor:
         key = str(device)

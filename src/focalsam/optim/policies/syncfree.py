@@ -26,7 +26,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from focalsam.optim.errors import LabelError, NonFiniteLossError, OptimizerInputError
+from focalsam.optim.errors import (
+    InvalidHyperparameterError,
+    LabelError,
+    NonFiniteLossError,
+    OptimizerInputError,
+)
 from focalsam.optim.policies.ddp import distributed
 from focalsam.optim.sharded import is_sharded
 
@@ -102,6 +107,17 @@ def host_state_reason(optimizer: Optimizer, device: torch.device) -> str | None:
                 "(capturable=False): build it with capturable=True"
             )
     return None
+
+
+def refuse_unrollbackable(optimizer: Optimizer, params: list[Tensor]) -> None:
+    """Raise :class:`InvalidHyperparameterError` when ``strict_checks=False`` was asked
+    for but a skipped step could not be rolled back (:func:`host_state_reason`)."""
+    reason = params and host_state_reason(optimizer, params[0].device)
+    if reason:
+        raise InvalidHyperparameterError(
+            f"strict_checks=False cannot roll back a skipped step: {reason}, "
+            "or use strict_checks=True"
+        )
 
 
 class Watched(NamedTuple):
