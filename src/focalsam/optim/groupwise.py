@@ -403,10 +403,17 @@ class GroupwiseSAM(WrappedOptimizer):
         DDP all replicas' counts): the groups present whose radius is active get passes."""
         counts = torch.bincount(group, minlength=self.num_groups)
         local = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        return self._plan_on_counts(local, size, sharp_step, losses.device)
+
+    def _plan_on_counts(
+        self, local: list[int], size: int, sharp_step: bool, device: torch.device
+    ) -> _Plan:
+        """The strict plan from this replica's group counts ``local`` in a batch of
+        ``size`` samples (under DDP all replicas' added with one all-reduce)."""
         plan = _Counts(local, size)
         if distributed():
             # every replica must run the same passes: plan on the global batch
-            shared = torch.tensor([*local, size], dtype=torch.long, device=losses.device)
+            shared = torch.tensor([*local, size], dtype=torch.long, device=device)
             dist.all_reduce(shared)
             *total, batch = shared.tolist()
             plan = _Counts(total, batch)
@@ -426,10 +433,14 @@ class GroupwiseSAM(WrappedOptimizer):
         self, losses: Tensor, targets: Tensor, group: Tensor, sharp_step: bool
     ) -> _Plan:
         """Fold the label and loss checks into the step's device code and plan on what
-        the host knows: every group with a class whose radius is active gets passes. With
-        buffers to put back, which groups have a sample (under DDP in any replica), on
-        the device."""
+        the host knows (:meth:`_plan_on_classes`)."""
         self._guard.require_inputs(losses, targets, self.num_classes, self.check_finite)
+        return self._plan_on_classes(group, sharp_step)
+
+    def _plan_on_classes(self, group: Tensor, sharp_step: bool) -> _Plan:
+        """The sync-free plan: every group with a class whose radius is active gets
+        passes. With buffers to put back, which groups have a sample in ``group`` (under
+        DDP in any replica), on the device."""
         possible = [k for k in range(self.num_groups) if k in self._groups_with_classes]
         perturbed = [
             k for k in possible if sharp_step and self.group_weight != 0 and self.radii.active(k)
@@ -491,29 +502,7 @@ class GroupwiseSAM(WrappedOptimizer):
                 allow_unused=True,
             )
             g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
-            if not strict:
-                unscale_(g, scaler, strict=False)  # by the scale on the device
-            elif inv_scale != 1.0:
-                torch._foreach_mul_(g, inv_scale)
-            if self.ascent_all_reduce and distributed():
-                _average(g)
-            norms = torch.stack(torch._foreach_norm(g))
-            norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
-            if plan.ascent is None:
-                # sync-free: an absent group has g = 0, so eps_k = r * 0 / (0 + TINY) = 0
-                self._scaled_eps(g, params, k, self.radii.radius(k, norm, None, None, params), norm)
-                if scaler is not None:
-                    overflow = _zero_unless_finite(g, norm, overflow)
-            elif scaler is not None and not bool(torch.isfinite(norm).all()):
-                # fp16 overflow in grad L_k: put an inf in .grad before the step's
-                # all-reduce, so the scaler skips the step on every replica; run the
-                # remaining passes unperturbed (every replica runs the same passes)
-                _poison(params)
-                torch._foreach_zero_(g)
-            elif plan.ascent.counts[k] > 0:
-                r = self.radii.radius(k, norm, plan.ascent.counts[k], plan.ascent.batch, params)
-                self._scaled_eps(g, params, k, r, norm)
-            # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
+            overflow = self._eps_in_place(g, params, k, plan, scaler, inv_scale, overflow)
             with torch.no_grad():
                 torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
             kept: Kept | None = None
@@ -521,18 +510,11 @@ class GroupwiseSAM(WrappedOptimizer):
                 kept = self._bn.keep_unless(plan.present[k])
             self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
             try:
-                with self._context(sync=last):
-                    shifted = losses_of(closure())
-                    check_losses(shifted, expected=size)
-                    weighted = torch.dot(shifted, mask) * (self.group_weight / size)
-                    if last and overflow is not None:
-                        # inf in every replica's .grad before the all-reduce: the scaler skips
-                        weighted = weighted * torch.where(overflow, float("inf"), 1.0)
-                    backward_fn(_scaled(weighted, scaler))
-                if strict:
-                    total = total + torch.dot(shifted.detach(), mask)
-                elif self.check_finite and scaler is None:
-                    self._guard.require(torch.isfinite(shifted.detach()).all(), PERTURBED_LOSS)
+                shifted = self._perturbed_pass(
+                    closure, mask, size, size, last, overflow, scaler, backward_fn, strict
+                )
+                if shifted is not None:
+                    total = total + shifted
             finally:
                 with torch.no_grad():
                     torch._foreach_copy_(data, backup)
@@ -544,6 +526,76 @@ class GroupwiseSAM(WrappedOptimizer):
                 "the forward pass at theta + eps_k returned non-finite losses; "
                 "the parameters were restored and no step was taken",
             )
+
+    def _perturbed_pass(
+        self,
+        closure: Callable[[], Any],
+        mask: Tensor,
+        size: int,
+        batch: int,
+        last: bool,
+        overflow: Tensor | None,
+        scaler: torch.amp.GradScaler | None,
+        backward_fn: BackwardFn,
+        strict: bool,
+    ) -> Tensor | None:
+        """One forward pass at ``theta + eps_k`` over ``size`` samples and
+        ``.grad += w grad (1/batch) sum_i mask_i l_i``; the step's ``last`` backward
+        all-reduces under DDP. Returns the masked loss sum for a strict step's finite
+        check (a sync-free step folds it into the device code)."""
+        with self._context(sync=last):
+            shifted = losses_of(closure())
+            check_losses(shifted, expected=size)
+            weighted = torch.dot(shifted, mask) * (self.group_weight / batch)
+            if last and overflow is not None:
+                # inf in every replica's .grad before the all-reduce: the scaler skips
+                weighted = weighted * torch.where(overflow, float("inf"), 1.0)
+            backward_fn(_scaled(weighted, scaler))
+        if strict:
+            return torch.dot(shifted.detach(), mask)
+        if self.check_finite and scaler is None:
+            self._guard.require(torch.isfinite(shifted.detach()).all(), PERTURBED_LOSS)
+        return None
+
+    def _eps_in_place(
+        self,
+        g: list[Tensor],
+        params: list[Tensor],
+        k: int,
+        plan: _Plan,
+        scaler: torch.amp.GradScaler | None,
+        inv_scale: float,
+        overflow: Tensor | None,
+    ) -> Tensor | None:
+        """``g = grad L_k(theta)`` (scaled like the losses) becomes ``eps_k`` in place:
+        unscaled, averaged over the replicas with the ascent all-reduce, normalized and
+        multiplied by the radius. Returns ``overflow`` (sync-free with a scaler: some
+        ``grad L_k`` so far was not finite); a strict fp16 overflow poisons ``.grad``."""
+        strict = plan.ascent is not None
+        if not strict:
+            unscale_(g, scaler, strict=False)  # by the scale on the device
+        elif inv_scale != 1.0:
+            torch._foreach_mul_(g, inv_scale)
+        if self.ascent_all_reduce and distributed():
+            _average(g)
+        norms = torch.stack(torch._foreach_norm(g))
+        norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
+        if plan.ascent is None:
+            # sync-free: an absent group has g = 0, so eps_k = r * 0 / (0 + TINY) = 0
+            self._scaled_eps(g, params, k, self.radii.radius(k, norm, None, None, params), norm)
+            if scaler is not None:
+                overflow = _zero_unless_finite(g, norm, overflow)
+        elif scaler is not None and not bool(torch.isfinite(norm).all()):
+            # fp16 overflow in grad L_k: put an inf in .grad before the step's
+            # all-reduce, so the scaler skips the step on every replica; run the
+            # remaining passes unperturbed (every replica runs the same passes)
+            _poison(params)
+            torch._foreach_zero_(g)
+        elif plan.ascent.counts[k] > 0:
+            r = self.radii.radius(k, norm, plan.ascent.counts[k], plan.ascent.batch, params)
+            self._scaled_eps(g, params, k, r, norm)
+        # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
+        return overflow
 
     def _scaled_eps(
         self, g: list[Tensor], params: list[Tensor], group: int, r: Tensor | float, norm: Tensor
