@@ -208,7 +208,7 @@ def test_a_strict_nan_raises_and_takes_no_step():
     opt = sse(model, True)
     before = state_of(model, opt)
     nan = lambda: ce(model, x[5:], y[5:])() * float("nan")  # noqa: E731
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError, match="returned 7 non-finite losses out of 7"):
         opt.step_accumulated([(ce(model, x[:5], y[:5]), y[:5]), (nan, y[5:])])
     assert_close(before, state_of(model, opt), atol=0)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
@@ -344,5 +344,6 @@ def test_the_trainer_accumulates_sse_sam_like_the_whole_batch(tmp_path):
             weights.append({k: v.clone() for k, v in t.model.state_dict().items()})
             passes.append(report["passes_per_step"])
     one, two = weights
-    assert all(torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4) for k in one)
-    assert passes[1][0] == pytest.approx(2 * passes[0][0])  # each micro-batch's forwards
+    for k in one:  # measured: at most 3e-8 apart (weights up to 0.19), float32 round-off
+        torch.testing.assert_close(one[k], two[k], atol=1e-6, rtol=0, msg=k)
+    assert passes[1] == pytest.approx([2 * n for n in passes[0]])  # each micro-batch's passes
