@@ -405,15 +405,7 @@ class GroupwiseSAM(WrappedOptimizer):
         self.last_radii = {}
         sharp_step = self._steps % self.sam_every == 0
         groups = [self._groups_on(t.device)[t.clamp(0, self.num_classes - 1)] for t in labels]
-        if strict:
-            counts = sum(torch.bincount(g, minlength=self.num_groups) for g in groups)
-            assert isinstance(counts, Tensor)
-            local = checked_values(None, torch.cat(labels), self.num_classes, False, [counts])
-            plan = self._plan_on_counts(local, batch, sharp_step, counts.device)
-        else:
-            for t in labels:
-                self._guard.require_labels(t, self.num_classes)
-            plan = self._plan_on_classes(torch.cat(groups), sharp_step)
+        plan = self._accumulated_plan(labels, groups, batch, strict, sharp_step)
         try:
             outs = self._accumulated_passes(checked, groups, batch, plan, scaler, backward_fn)
         except BaseException:
@@ -536,6 +528,26 @@ class GroupwiseSAM(WrappedOptimizer):
         # the batch each ascent gradient comes from: all replicas' when it is all-reduced
         ascent = plan if self.ascent_all_reduce else _Counts(local, size)
         return _Plan(perturbed, clean, ascent, None)
+
+    def _accumulated_plan(
+        self,
+        labels: list[Tensor],
+        groups: list[Tensor],
+        batch: int,
+        strict: bool,
+        sharp_step: bool,
+    ) -> _Plan:
+        """The plan of an accumulated step, before its first forward: strict, check every
+        micro-batch's labels and read their summed group counts (one sync); sync-free,
+        fold the label checks into the device code and plan on the radii."""
+        if strict:
+            counts = torch.stack([torch.bincount(g, minlength=self.num_groups) for g in groups])
+            counts = counts.sum(0)
+            local = checked_values(None, torch.cat(labels), self.num_classes, False, [counts])
+            return self._plan_on_counts(local, batch, sharp_step, counts.device)
+        for t in labels:
+            self._guard.require_labels(t, self.num_classes)
+        return self._plan_on_classes(torch.cat(groups), sharp_step)
 
     def _sync_free_plan(
         self, losses: Tensor, targets: Tensor, group: Tensor, sharp_step: bool
