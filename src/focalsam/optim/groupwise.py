@@ -215,7 +215,8 @@ class GroupwiseSAM(WrappedOptimizer):
     buffer (the size of the parameters) per perturbed group.
 
     :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
-    the state dict; sync-free steps count the passes of absent groups they run);
+    the state dict; sync-free steps count the passes of absent groups they run; an
+    accumulated step counts its passes over the whole batch, as :meth:`step` on it);
     :meth:`passes_per_step` is their mean. :attr:`last_radii` holds, for each group
     perturbed in the last step, its radius ``rho_t * r_k`` (one number, or one per
     parameter tensor when they differ).
@@ -342,7 +343,7 @@ class GroupwiseSAM(WrappedOptimizer):
         except BaseException:
             zero_grads(params)
             raise
-        self._update(params, strict, scaler, plan, micro_batches=1)
+        self._update(params, strict, scaler, plan)
         return _detached(out, losses)
 
     def step_accumulated(
@@ -411,7 +412,7 @@ class GroupwiseSAM(WrappedOptimizer):
         except BaseException:
             zero_grads(params)
             raise
-        self._update(params, strict, scaler, plan, micro_batches=len(checked))
+        self._update(params, strict, scaler, plan)
         return outs
 
     def passes_per_step(self) -> tuple[float, float] | None:
@@ -478,10 +479,10 @@ class GroupwiseSAM(WrappedOptimizer):
         strict: bool,
         scaler: torch.amp.GradScaler | None,
         plan: _Plan,
-        micro_batches: int,
     ) -> None:
         """Clip and take the base step on ``.grad`` (sync-free: undone on the device where
-        a check failed); count the step and its passes over ``micro_batches``."""
+        a check failed); count the step and its passes over the batch (an accumulated
+        step's micro-batches make one pass together)."""
         self._opt_called = True  # tells lr schedulers that the optimizer stepped
         with_grad = [p for p in trainable(self.param_groups) if p.grad is not None]
         if not strict and self.check_finite and scaler is None:
@@ -491,8 +492,8 @@ class GroupwiseSAM(WrappedOptimizer):
             self._guard.end(self.base_optimizer, params[0])
         perturbed = len(plan.perturbed)
         self.pass_counts["steps"] += 1
-        self.pass_counts["forward"] += micro_batches * (1 + perturbed)
-        self.pass_counts["backward"] += micro_batches * (2 * perturbed + int(plan.clean))
+        self.pass_counts["forward"] += 1 + perturbed
+        self.pass_counts["backward"] += 2 * perturbed + int(plan.clean)
         self._steps += 1
 
     # -------------------------------------------------------------- plans
