@@ -243,9 +243,10 @@ def test_trainer_switches_at_the_cut_and_resumes_across_it(tmp_path):
     assert 1 <= forward <= 3 and 1 <= backward <= 4
 
 
-def test_accumulation_is_refused_up_front(tmp_path):
-    with pytest.raises(ConfigError, match="accum_steps=2: sse_sam does not accumulate"):
-        demo_config(tmp_path / "r", optimizer="sse_sam", accum_steps=2)
+def test_accumulation_is_accepted_for_sse_sam_and_refused_for_ccsam(tmp_path):
+    assert demo_config(tmp_path / "r", optimizer="sse_sam", accum_steps=2).train.accum_steps == 2
+    with pytest.raises(ConfigError, match="accum_steps=2: ccsam does not accumulate"):
+        demo_config(tmp_path / "r", optimizer="ccsam", accum_steps=2)
 
 
 # ------------------------------------------------------------- batches
@@ -507,7 +508,7 @@ def test_ccsam_network_mode_under_ddp_with_the_ascent_all_reduce_equals_one_proc
 # ------------------------------------------------------------- registry and compare
 def test_registered_with_its_options():
     spec = get_method("ssesam")
-    assert spec.name == "sse_sam" and spec.needs_class_counts and not spec.accumulates
+    assert spec.name == "sse_sam" and spec.needs_class_counts and spec.accumulates
     model = tiny_model()
     opt = spec.build(model.parameters(), "sgd", class_counts=COUNTS, settings={"model": model})
     assert isinstance(opt, SSESAM) and (opt.eta, opt.rho_head, opt.rho_tail, opt.gamma) == (

@@ -27,6 +27,12 @@ checks fold into one device code and a failed step is rolled back by selection
 (:mod:`focalsam.optim.policies.syncfree`). Only radii that ignore the group's sample
 count can run so (:attr:`GroupRadius.sync_free`); CC-SAM's cannot.
 
+Accumulation over micro-batches ``m`` of a batch of ``B`` samples is exact, since
+``grad L_k = sum_m grad (1/B) sum_{i in m, group k} l_i``: each micro-batch adds its
+part of every perturbed group's ``grad L_k`` into one buffer per group, then each
+``eps_k`` comes from its whole buffer and every micro-batch runs its pass at
+``theta + eps_k`` (:meth:`GroupwiseSAM.step_accumulated`).
+
 The radius ``r_k`` comes from a :class:`GroupRadius` (fixed radii: :class:`FixedRadii`;
 CC-SAM's class-conditioned radius: :mod:`focalsam.optim.ccsam.network`), multiplied
 per tensor by its parameter group's ``rho`` (a schedule on ``rho`` scales every group's
@@ -66,7 +72,9 @@ from focalsam.optim.policies.syncfree import (
     strict_now,
 )
 from focalsam.optim.validators import (
+    MicroBatch,
     check_losses,
+    check_micro_batches,
     check_targets,
     checked_values,
     ensure_finite,
@@ -202,12 +210,13 @@ class GroupwiseSAM(WrappedOptimizer):
     ``eps_k = 0`` by selection and makes the last backward non-finite on the device, so
     the scaler skips the step as in a strict one, unreported.
 
-    ``step_accumulated`` does not exist: each ``eps_k`` is the normalized gradient of its
-    group over the whole batch, which exact accumulation would have to hold for every
-    group at once; the registry refuses ``accum_steps > 1``.
+    :meth:`step_accumulated` takes one step on ``K`` micro-batches, equal to :meth:`step`
+    on their concatenation, with the same guarantees; it holds one extra gradient
+    buffer (the size of the parameters) per perturbed group.
 
     :attr:`pass_counts` counts the steps, forward and backward passes taken (saved in
-    the state dict; sync-free steps count the passes of absent groups they run);
+    the state dict; sync-free steps count the passes of absent groups they run; an
+    accumulated step counts its passes over the whole batch, as :meth:`step` on it);
     :meth:`passes_per_step` is their mean. :attr:`last_radii` holds, for each group
     perturbed in the last step, its radius ``rho_t * r_k`` (one number, or one per
     parameter tensor when they differ).
@@ -307,18 +316,11 @@ class GroupwiseSAM(WrappedOptimizer):
             raise StepOrderError(
                 f"{type(self).__name__}.step needs a closure returning per-sample losses"
             )
-        if targets is None:
-            raise LabelError(
-                f"{type(self).__name__} groups samples by class: pass the labels as targets "
-                "(shape (B,))"
-            )
-        targets = check_targets(targets)
+        targets = self._labels_of(targets, None)
         scaler = active_scaler(scaler)
         backward_fn = backward or default_backward
         params = trainable(self.param_groups)
-        strict = not self._radius_sync_free or strict_now(
-            self.strict_checks, self.base_optimizer, params
-        )
+        strict = self._strict_now(params)
         if strict:
             self._guard.calls += 1  # strict steps are counted on the host
         else:
@@ -341,18 +343,77 @@ class GroupwiseSAM(WrappedOptimizer):
         except BaseException:
             zero_grads(params)
             raise
-        self._opt_called = True  # tells lr schedulers that the optimizer stepped
-        with_grad = [p for p in trainable(self.param_groups) if p.grad is not None]
-        if not strict and self.check_finite and scaler is None:
-            self._guard.require_finite_grads(params)
-        base_step(self.base_optimizer, with_grad, scaler, self.max_grad_norm)
-        if not strict:  # undo the update on the device where a check failed
-            self._guard.end(self.base_optimizer, params[0])
-        self.pass_counts["steps"] += 1
-        self.pass_counts["forward"] += 1 + len(plan.perturbed)
-        self.pass_counts["backward"] += 2 * len(plan.perturbed) + int(plan.clean)
-        self._steps += 1
-        return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
+        self._update(params, strict, scaler, plan)
+        return _detached(out, losses)
+
+    def step_accumulated(
+        self,
+        micro: Sequence[MicroBatch],
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        backward: BackwardFn | None = None,
+    ) -> list[Any]:
+        """One update on ``K`` micro-batches, equal to :meth:`step` on their concatenation.
+
+        ``micro``: ``(closure_m, targets_m)`` pairs; ``closure_m()`` runs the forward pass
+        on micro-batch ``m`` and returns its per-sample losses (or a tuple starting with
+        them); every ``targets_m`` is needed. With ``B = sum_m B_m``,
+        ``grad L_k = sum_m grad (1/B) sum_{i in m, group k} l_i``, so: for each
+        micro-batch, one forward at ``theta``, the clean backward into ``.grad`` and
+        each perturbed group's ``grad L_k`` added into that group's buffer (its graph
+        freed before the next forward); then for each perturbed group, ``eps_k`` from
+        its whole buffer (one norm; the ascent all-reduce and the radius on the whole
+        batch) and every micro-batch's forward and backward at ``theta + eps_k``; one
+        base step. Memory: one gradient buffer (the size of the parameters) per
+        perturbed group, besides ``.grad`` and the copy of ``theta``.
+
+        Which groups are perturbed is planned before the first forward: a strict step
+        checks all labels and reads the summed group counts on the host (one sync;
+        under DDP all replicas'), then checks each micro-batch's losses (one sync
+        each); a sync-free step plans on the radii as :meth:`step` does. Each closure
+        is called ``1 + P`` times for ``P`` perturbed groups. Under DDP only the last
+        backward all-reduces. BatchNorm statistics see each micro-batch apart, so
+        models with BatchNorm match the one-batch step only approximately. ``K = 1``
+        is :meth:`step`. Returns each micro-batch's first-call output, losses detached.
+
+        Example:
+            >>> model = torch.nn.Linear(4, 3)
+            >>> opt = GroupwiseSAM(model.parameters(), group_of=[0, 0, 1],
+            ...                    radius=[0.05, 0.1], lr=0.1)
+            >>> x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 2])
+            >>> def micro(xs, ys):
+            ...     ce = torch.nn.functional.cross_entropy
+            ...     return (lambda: ce(model(xs), ys, reduction="none")), ys
+            >>> outs = opt.step_accumulated([micro(x[:5], y[:5]), micro(x[5:], y[5:])])
+            >>> [o.shape[0] for o in outs]
+            [5, 3]
+        """
+        checked = check_micro_batches(micro)
+        if len(checked) == 1:
+            closure, targets = checked[0]
+            return [self.step(closure, targets, scaler=scaler, backward=backward)]
+        labels = [self._labels_of(targets, m) for m, (_, targets) in enumerate(checked)]
+        batch = sum(int(t.shape[0]) for t in labels)
+        scaler = active_scaler(scaler)
+        backward_fn = backward or default_backward
+        params = trainable(self.param_groups)
+        strict = self._strict_now(params)
+        if strict:
+            self._guard.calls += 1  # strict steps are counted on the host
+        else:
+            self._guard.begin(self.base_optimizer, params, self.model)
+        zero_grads(params)
+        self.last_radii = {}
+        sharp_step = self._steps % self.sam_every == 0
+        groups = [self._groups_on(t.device)[t.clamp(0, self.num_classes - 1)] for t in labels]
+        plan = self._accumulated_plan(labels, groups, batch, strict, sharp_step)
+        try:
+            outs = self._accumulated_passes(checked, groups, batch, plan, scaler, backward_fn)
+        except BaseException:
+            zero_grads(params)
+            raise
+        self._update(params, strict, scaler, plan)
+        return outs
 
     def passes_per_step(self) -> tuple[float, float] | None:
         """Mean (forward, backward) passes per step so far (``None`` before a step)."""
@@ -395,6 +456,46 @@ class GroupwiseSAM(WrappedOptimizer):
         super().load_state_dict(state_dict)
         self._steps, self.pass_counts = steps, passes
 
+    # -------------------------------------------------------------- steps
+    def _labels_of(self, targets: Tensor | None, micro: int | None) -> Tensor:
+        """The labels of a batch (``micro``: of that micro-batch), checked for shape."""
+        if targets is None:
+            where = "" if micro is None else f" (micro-batch {micro} has targets=None)"
+            raise LabelError(
+                f"{type(self).__name__} groups samples by class: pass the labels as targets "
+                f"(shape (B,)){where}"
+            )
+        return check_targets(targets)
+
+    def _strict_now(self, params: list[Tensor]) -> bool:
+        """Whether this step is strict: always with a radius that needs the counts."""
+        return not self._radius_sync_free or strict_now(
+            self.strict_checks, self.base_optimizer, params
+        )
+
+    def _update(
+        self,
+        params: list[Tensor],
+        strict: bool,
+        scaler: torch.amp.GradScaler | None,
+        plan: _Plan,
+    ) -> None:
+        """Clip and take the base step on ``.grad`` (sync-free: undone on the device where
+        a check failed); count the step and its passes over the batch (an accumulated
+        step's micro-batches make one pass together)."""
+        self._opt_called = True  # tells lr schedulers that the optimizer stepped
+        with_grad = [p for p in trainable(self.param_groups) if p.grad is not None]
+        if not strict and self.check_finite and scaler is None:
+            self._guard.require_finite_grads(params)
+        base_step(self.base_optimizer, with_grad, scaler, self.max_grad_norm)
+        if not strict:  # undo the update on the device where a check failed
+            self._guard.end(self.base_optimizer, params[0])
+        perturbed = len(plan.perturbed)
+        self.pass_counts["steps"] += 1
+        self.pass_counts["forward"] += 1 + perturbed
+        self.pass_counts["backward"] += 2 * perturbed + int(plan.clean)
+        self._steps += 1
+
     # -------------------------------------------------------------- plans
     def _strict_plan(
         self, losses: Tensor, targets: Tensor, group: Tensor, size: int, sharp_step: bool
@@ -403,10 +504,17 @@ class GroupwiseSAM(WrappedOptimizer):
         DDP all replicas' counts): the groups present whose radius is active get passes."""
         counts = torch.bincount(group, minlength=self.num_groups)
         local = checked_values(losses, targets, self.num_classes, self.check_finite, [counts])
+        return self._plan_on_counts(local, size, sharp_step, losses.device)
+
+    def _plan_on_counts(
+        self, local: list[int], size: int, sharp_step: bool, device: torch.device
+    ) -> _Plan:
+        """The strict plan from this replica's group counts ``local`` in a batch of
+        ``size`` samples (under DDP all replicas' added with one all-reduce)."""
         plan = _Counts(local, size)
         if distributed():
             # every replica must run the same passes: plan on the global batch
-            shared = torch.tensor([*local, size], dtype=torch.long, device=losses.device)
+            shared = torch.tensor([*local, size], dtype=torch.long, device=device)
             dist.all_reduce(shared)
             *total, batch = shared.tolist()
             plan = _Counts(total, batch)
@@ -422,14 +530,38 @@ class GroupwiseSAM(WrappedOptimizer):
         ascent = plan if self.ascent_all_reduce else _Counts(local, size)
         return _Plan(perturbed, clean, ascent, None)
 
+    def _accumulated_plan(
+        self,
+        labels: list[Tensor],
+        groups: list[Tensor],
+        batch: int,
+        strict: bool,
+        sharp_step: bool,
+    ) -> _Plan:
+        """The plan of an accumulated step, before its first forward: strict, check every
+        micro-batch's labels and read their summed group counts (one sync); sync-free,
+        fold the label checks into the device code and plan on the radii."""
+        if strict:
+            counts = torch.stack([torch.bincount(g, minlength=self.num_groups) for g in groups])
+            counts = counts.sum(0)
+            local = checked_values(None, torch.cat(labels), self.num_classes, False, [counts])
+            return self._plan_on_counts(local, batch, sharp_step, counts.device)
+        for t in labels:
+            self._guard.require_labels(t, self.num_classes)
+        return self._plan_on_classes(torch.cat(groups), sharp_step)
+
     def _sync_free_plan(
         self, losses: Tensor, targets: Tensor, group: Tensor, sharp_step: bool
     ) -> _Plan:
         """Fold the label and loss checks into the step's device code and plan on what
-        the host knows: every group with a class whose radius is active gets passes. With
-        buffers to put back, which groups have a sample (under DDP in any replica), on
-        the device."""
+        the host knows (:meth:`_plan_on_classes`)."""
         self._guard.require_inputs(losses, targets, self.num_classes, self.check_finite)
+        return self._plan_on_classes(group, sharp_step)
+
+    def _plan_on_classes(self, group: Tensor, sharp_step: bool) -> _Plan:
+        """The sync-free plan: every group with a class whose radius is active gets
+        passes. With buffers to put back, which groups have a sample in ``group`` (under
+        DDP in any replica), on the device."""
         possible = [k for k in range(self.num_groups) if k in self._groups_with_classes]
         perturbed = [
             k for k in possible if sharp_step and self.group_weight != 0 and self.radii.active(k)
@@ -491,29 +623,7 @@ class GroupwiseSAM(WrappedOptimizer):
                 allow_unused=True,
             )
             g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
-            if not strict:
-                unscale_(g, scaler, strict=False)  # by the scale on the device
-            elif inv_scale != 1.0:
-                torch._foreach_mul_(g, inv_scale)
-            if self.ascent_all_reduce and distributed():
-                _average(g)
-            norms = torch.stack(torch._foreach_norm(g))
-            norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
-            if plan.ascent is None:
-                # sync-free: an absent group has g = 0, so eps_k = r * 0 / (0 + TINY) = 0
-                self._scaled_eps(g, params, k, self.radii.radius(k, norm, None, None, params), norm)
-                if scaler is not None:
-                    overflow = _zero_unless_finite(g, norm, overflow)
-            elif scaler is not None and not bool(torch.isfinite(norm).all()):
-                # fp16 overflow in grad L_k: put an inf in .grad before the step's
-                # all-reduce, so the scaler skips the step on every replica; run the
-                # remaining passes unperturbed (every replica runs the same passes)
-                _poison(params)
-                torch._foreach_zero_(g)
-            elif plan.ascent.counts[k] > 0:
-                r = self.radii.radius(k, norm, plan.ascent.counts[k], plan.ascent.batch, params)
-                self._scaled_eps(g, params, k, r, norm)
-            # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
+            overflow = self._eps_in_place(g, params, k, plan, scaler, inv_scale, overflow)
             with torch.no_grad():
                 torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
             kept: Kept | None = None
@@ -521,18 +631,11 @@ class GroupwiseSAM(WrappedOptimizer):
                 kept = self._bn.keep_unless(plan.present[k])
             self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
             try:
-                with self._context(sync=last):
-                    shifted = losses_of(closure())
-                    check_losses(shifted, expected=size)
-                    weighted = torch.dot(shifted, mask) * (self.group_weight / size)
-                    if last and overflow is not None:
-                        # inf in every replica's .grad before the all-reduce: the scaler skips
-                        weighted = weighted * torch.where(overflow, float("inf"), 1.0)
-                    backward_fn(_scaled(weighted, scaler))
-                if strict:
-                    total = total + torch.dot(shifted.detach(), mask)
-                elif self.check_finite and scaler is None:
-                    self._guard.require(torch.isfinite(shifted.detach()).all(), PERTURBED_LOSS)
+                shifted = self._perturbed_pass(
+                    closure, mask, size, size, last, overflow, scaler, backward_fn, strict
+                )
+                if shifted is not None:
+                    total = total + shifted
             finally:
                 with torch.no_grad():
                     torch._foreach_copy_(data, backup)
@@ -544,6 +647,201 @@ class GroupwiseSAM(WrappedOptimizer):
                 "the forward pass at theta + eps_k returned non-finite losses; "
                 "the parameters were restored and no step was taken",
             )
+
+    def _accumulated_passes(
+        self,
+        micro: list[MicroBatch],
+        groups: list[Tensor],
+        batch: int,
+        plan: _Plan,
+        scaler: torch.amp.GradScaler | None,
+        backward_fn: BackwardFn,
+    ) -> list[Any]:
+        """Leave ``g`` in ``.grad`` (scaled like the losses) from ``K`` micro-batches of a
+        batch of ``batch`` samples: every micro-batch's clean passes (:meth:`_clean_micro`),
+        then for each perturbed group ``eps_k`` from its summed ``grad L_k`` and every
+        micro-batch's perturbed pass. Returns each micro-batch's output."""
+        params = trainable(self.param_groups)
+        strict = plan.ascent is not None
+        perturbed = plan.perturbed
+        inv_scale = 1.0 if scaler is None or not strict else 1.0 / float(scaler.get_scale())
+        sums: list[list[Tensor]] = []  # grad L_k per perturbed group, over the micro-batches
+        outs, masks, sizes = [], [], []
+        for (closure, _), group in zip(micro, groups):
+            out, group_masks = self._clean_micro(
+                closure, group, batch, plan, scaler, backward_fn, sums
+            )
+            outs.append(out)
+            masks.append(group_masks)
+            sizes.append(int(group.numel()))
+        if not perturbed:
+            if distributed() and getattr(self.model, "no_sync", None) is not None:
+                _average_grads(params)  # the clean forwards ran under no_sync
+            return outs
+        data = [p.data for p in params]
+        backup = self._backup(params)
+        torch._foreach_copy_(backup, data)
+        total = masks[0][0].new_zeros(())
+        overflow: Tensor | None = None  # sync-free with a scaler: some grad L_k overflowed
+        for j, k in enumerate(perturbed):
+            eps, sums[j] = sums[j], []  # the buffer becomes eps_k, then is freed
+            overflow = self._eps_in_place(eps, params, k, plan, scaler, inv_scale, overflow)
+            with torch.no_grad():
+                torch._foreach_add_(data, eps)
+            del eps
+            kept: Kept | None = None
+            if plan.present is not None:  # a strict step runs these passes only if k is present
+                kept = self._bn.keep_unless(plan.present[k])
+            self._bn.freeze()  # with bn_update="clean": statistics of the clean passes only
+            try:
+                for m, (closure, _) in enumerate(micro):
+                    last = j == len(perturbed) - 1 and m == len(micro) - 1
+                    shifted = self._perturbed_pass(
+                        closure,
+                        masks[m][j],
+                        sizes[m],
+                        batch,
+                        last,
+                        overflow,
+                        scaler,
+                        backward_fn,
+                        strict,
+                    )
+                    if shifted is not None:
+                        total = total + shifted
+            finally:
+                with torch.no_grad():
+                    torch._foreach_copy_(data, backup)
+                self._bn.unfreeze()
+                put_back(kept)
+        if strict and self.check_finite and scaler is None:
+            ensure_finite(
+                total,
+                "the forward pass at theta + eps_k returned non-finite losses; "
+                "the parameters were restored and no step was taken",
+            )
+        return outs
+
+    def _clean_micro(
+        self,
+        closure: Callable[[], Any],
+        group: Tensor,
+        batch: int,
+        plan: _Plan,
+        scaler: torch.amp.GradScaler | None,
+        backward_fn: BackwardFn,
+        sums: list[list[Tensor]],
+    ) -> tuple[Any, list[Tensor]]:
+        """One micro-batch at ``theta``: its forward, ``.grad += grad (1/batch) sum_i
+        (c + w [group not perturbed]) l_i`` and, for the ``j``-th perturbed group ``k``,
+        ``sums[j] += grad (1/batch) sum_{i in k} l_i``; its graph is freed at the end.
+        Returns its output (losses detached) and its masks of the perturbed groups."""
+        params = trainable(self.param_groups)
+        perturbed = plan.perturbed
+        with self._context(sync=False):
+            out = closure()
+        losses = losses_of(out)
+        check_losses(losses, expected=int(group.numel()))
+        if plan.ascent is not None:
+            checked_values(losses, None, None, self.check_finite)
+        else:
+            self._guard.require_inputs(losses, None, None, self.check_finite)
+        is_perturbed = torch.zeros(self.num_groups, dtype=torch.bool, device=losses.device)
+        if perturbed:
+            is_perturbed[perturbed] = True
+        clean = self.clean_weight + self.group_weight * (~is_perturbed[group]).to(losses.dtype)
+        if plan.clean:
+            with self._context(sync=not perturbed):
+                backward_fn(
+                    _scaled(torch.dot(losses, clean) / batch, scaler),
+                    retain_graph=bool(perturbed),
+                )
+        masks = []
+        for j, k in enumerate(perturbed):
+            mask = (group == k).to(losses.dtype)
+            grads = torch.autograd.grad(
+                _scaled(torch.dot(losses, mask) / batch, scaler),
+                params,
+                retain_graph=j < len(perturbed) - 1,
+                allow_unused=True,
+            )
+            g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
+            if j < len(sums):
+                torch._foreach_add_(sums[j], g)
+            else:
+                sums.append(g)
+            masks.append(mask)
+        return _detached(out, losses), masks
+
+    def _perturbed_pass(
+        self,
+        closure: Callable[[], Any],
+        mask: Tensor,
+        size: int,
+        batch: int,
+        last: bool,
+        overflow: Tensor | None,
+        scaler: torch.amp.GradScaler | None,
+        backward_fn: BackwardFn,
+        strict: bool,
+    ) -> Tensor | None:
+        """One forward pass at ``theta + eps_k`` over ``size`` samples and
+        ``.grad += w grad (1/batch) sum_i mask_i l_i``; the step's ``last`` backward
+        all-reduces under DDP. Returns the masked loss sum for a strict step's finite
+        check (a sync-free step folds it into the device code)."""
+        with self._context(sync=last):
+            shifted = losses_of(closure())
+            check_losses(shifted, expected=size)
+            weighted = torch.dot(shifted, mask) * (self.group_weight / batch)
+            if last and overflow is not None:
+                # inf in every replica's .grad before the all-reduce: the scaler skips
+                weighted = weighted * torch.where(overflow, float("inf"), 1.0)
+            backward_fn(_scaled(weighted, scaler))
+        if strict:
+            return torch.dot(shifted.detach(), mask)
+        if self.check_finite and scaler is None:
+            self._guard.require(torch.isfinite(shifted.detach()).all(), PERTURBED_LOSS)
+        return None
+
+    def _eps_in_place(
+        self,
+        g: list[Tensor],
+        params: list[Tensor],
+        k: int,
+        plan: _Plan,
+        scaler: torch.amp.GradScaler | None,
+        inv_scale: float,
+        overflow: Tensor | None,
+    ) -> Tensor | None:
+        """``g = grad L_k(theta)`` (scaled like the losses) becomes ``eps_k`` in place:
+        unscaled, averaged over the replicas with the ascent all-reduce, normalized and
+        multiplied by the radius. Returns ``overflow`` (sync-free with a scaler: some
+        ``grad L_k`` so far was not finite); a strict fp16 overflow poisons ``.grad``."""
+        strict = plan.ascent is not None
+        if not strict:
+            unscale_(g, scaler, strict=False)  # by the scale on the device
+        elif inv_scale != 1.0:
+            torch._foreach_mul_(g, inv_scale)
+        if self.ascent_all_reduce and distributed():
+            _average(g)
+        norms = torch.stack(torch._foreach_norm(g))
+        norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
+        if plan.ascent is None:
+            # sync-free: an absent group has g = 0, so eps_k = r * 0 / (0 + TINY) = 0
+            self._scaled_eps(g, params, k, self.radii.radius(k, norm, None, None, params), norm)
+            if scaler is not None:
+                overflow = _zero_unless_finite(g, norm, overflow)
+        elif scaler is not None and not bool(torch.isfinite(norm).all()):
+            # fp16 overflow in grad L_k: put an inf in .grad before the step's
+            # all-reduce, so the scaler skips the step on every replica; run the
+            # remaining passes unperturbed (every replica runs the same passes)
+            _poison(params)
+            torch._foreach_zero_(g)
+        elif plan.ascent.counts[k] > 0:
+            r = self.radii.radius(k, norm, plan.ascent.counts[k], plan.ascent.batch, params)
+            self._scaled_eps(g, params, k, r, norm)
+        # else: no sample of group k behind grad L_k (here, per replica): eps_k = 0
+        return overflow
 
     def _scaled_eps(
         self, g: list[Tensor], params: list[Tensor], group: int, r: Tensor | float, norm: Tensor
@@ -642,6 +940,11 @@ def _zero_unless_finite(eps: list[Tensor], norm: Tensor, overflow: Tensor | None
     for t in eps:
         t.masked_fill_(bad, 0.0)
     return bad if overflow is None else overflow | bad
+
+
+def _detached(out: Any, losses: Tensor) -> Any:
+    """A closure's output with its losses detached."""
+    return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
 
 
 def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:

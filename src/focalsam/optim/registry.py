@@ -376,7 +376,6 @@ register_method(
         settings=GROUPWISE_SETTINGS,
         needs_class_counts=True,
         aliases=("ssesam",),
-        accumulates=False,
         capturable=False,
         not_capturable_because="its passes change at the stage cut (the head's perturbed "
         "passes stop there), which one captured graph cannot follow",

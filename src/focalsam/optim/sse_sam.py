@@ -99,7 +99,9 @@ class SSESAM(GroupwiseSAM):
     With ``strict_checks=False`` (or ``None`` on CUDA) steps are sync-free: no host read,
     the same update and BatchNorm statistics as a strict step, failed checks rolled back
     on the device and told by :meth:`take_skip_report` (the group-wise engine's
-    ``strict_checks``).
+    ``strict_checks``). :meth:`step_accumulated` takes one step on micro-batches, equal
+    to :meth:`step` on their concatenation, with one extra gradient buffer per
+    perturbed group (two before the cut, one after).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)

@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from focalsam.optim.ascent import TINY
-from focalsam.optim.ccsam.radius import NO_SYNC_FREE, ccsam_radius
+from focalsam.optim.ccsam.radius import NO_ACCUMULATION, NO_SYNC_FREE, ccsam_radius
 from focalsam.optim.class_weights import ClassCounts
-from focalsam.optim.errors import InvalidHyperparameterError
+from focalsam.optim.errors import AccumulationError, InvalidHyperparameterError
 from focalsam.optim.groupwise import GroupwiseSAM
 from focalsam.optim.validators import validate_ccsam_counts
 
@@ -83,6 +83,8 @@ class GroupwiseCCSAM(GroupwiseSAM):
     ``strict_checks=False`` is refused: the radius takes each class's count in the batch,
     read on the host, and a sync-free step would have to run the passes of every class of
     the dataset whatever the batch holds (100 perturbed passes per step on CIFAR-100).
+    :meth:`step_accumulated` is refused: exact accumulation would hold one gradient
+    buffer the size of the model per class present in the batch.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
@@ -127,6 +129,10 @@ class GroupwiseCCSAM(GroupwiseSAM):
             rho=rho,
             **kwargs,
         )
+
+    def step_accumulated(self, micro: Any, **kwargs: Any) -> list[Any]:
+        """Refused (:class:`AccumulationError`): see the class docstring."""
+        raise AccumulationError(NO_ACCUMULATION)
 
 
 __all__ = ["ClassConditionedRadius", "GroupwiseCCSAM"]

@@ -18,6 +18,12 @@ NO_SYNC_FREE = (
     "passes of every class of the dataset whatever the batch holds (100 per step on "
     "CIFAR-100). Use strict_checks=None or True"
 )
+NO_ACCUMULATION = (
+    "CC-SAM cannot accumulate micro-batches: in network mode an exact accumulated step "
+    "holds one gradient buffer the size of the model per class present in the batch (up "
+    "to 100 on CIFAR-100), and in classifier mode each eps_c comes from the whole batch's "
+    "features, which no micro-batch holds; use step() on the whole batch"
+)
 
 
 def ccsam_radius(
@@ -47,4 +53,4 @@ def ccsam_radius(
     )
 
 
-__all__ = ["NO_SYNC_FREE", "ccsam_radius"]
+__all__ = ["NO_ACCUMULATION", "NO_SYNC_FREE", "ccsam_radius"]

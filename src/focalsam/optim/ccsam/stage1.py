@@ -76,7 +76,7 @@ from focalsam.optim.ascent import TINY
 from focalsam.optim.backward import BackwardFn, default_backward
 from focalsam.optim.buffers import DeviceCache, zero_grads
 from focalsam.optim.ccsam.network import GroupwiseCCSAM
-from focalsam.optim.ccsam.radius import NO_SYNC_FREE, ccsam_radius
+from focalsam.optim.ccsam.radius import NO_ACCUMULATION, NO_SYNC_FREE, ccsam_radius
 from focalsam.optim.ccsam.stage2 import (
     CCSAMStage2,
     LossFn,
@@ -174,9 +174,11 @@ class CCSAM(WrappedOptimizer):
     group-wise engine's pass counts (:meth:`passes_per_step`). Under DDP, network
     mode all-reduces once per step (the engine's ``no_sync``); classifier mode is
     not handled specially (its one backward all-reduces).
-    :meth:`step_accumulated` is refused: each class's ``eps_c`` comes from that
-    class's mean gradient over the whole batch, and in classifier mode from the
-    whole batch's features, which micro-batches never hold at once.
+    :meth:`step_accumulated` is refused: in network mode an exact accumulated step
+    would hold one gradient buffer the size of the model per class present in the
+    batch (the group-wise engine accumulates exactly, one buffer per perturbed group);
+    in classifier mode each ``eps_c`` comes from the whole batch's features, which
+    micro-batches never hold at once.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
@@ -353,11 +355,7 @@ class CCSAM(WrappedOptimizer):
 
     def step_accumulated(self, micro: Any, **kwargs: Any) -> list[Any]:
         """Refused (:class:`AccumulationError`): see the class docstring."""
-        raise AccumulationError(
-            "CC-SAM cannot accumulate micro-batches: each class's eps_c comes from that "
-            "class's mean gradient over the whole batch (in classifier mode from the whole "
-            "batch's features), which no micro-batch holds; use step() on the whole batch"
-        )
+        raise AccumulationError(NO_ACCUMULATION)
 
     def second_stage(self, optimizer: Optimizer, **kwargs: Any) -> CCSAMStage2:
         """Stage 2 on the same classifier and class counts: ``optimizer`` holds the
