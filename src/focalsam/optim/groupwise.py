@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
@@ -624,29 +624,13 @@ class GroupwiseSAM(WrappedOptimizer):
             )
             g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, grads)]
             overflow = self._eps_in_place(g, params, k, plan, scaler, inv_scale, overflow)
-            with torch.no_grad():
-                torch._foreach_add_(data, g)  # through .data: the clean graph stays valid
-            kept: Kept | None = None
-            if plan.present is not None:  # a strict step runs this pass only if k is present
-                kept = self._bn.keep_unless(plan.present[k])
-            self._bn.freeze()  # with bn_update="clean": statistics of the clean pass only
-            try:
+            with self._shifted(data, backup, g, k, plan):
                 shifted = self._perturbed_pass(
                     closure, mask, size, size, last, overflow, scaler, backward_fn, strict
                 )
                 if shifted is not None:
                     total = total + shifted
-            finally:
-                with torch.no_grad():
-                    torch._foreach_copy_(data, backup)
-                self._bn.unfreeze()
-                put_back(kept)
-        if strict and self.check_finite and scaler is None:
-            ensure_finite(
-                total,
-                "the forward pass at theta + eps_k returned non-finite losses; "
-                "the parameters were restored and no step was taken",
-            )
+        self._check_perturbed_total(total, strict, scaler)
 
     def _accumulated_passes(
         self,
@@ -684,16 +668,9 @@ class GroupwiseSAM(WrappedOptimizer):
         total = masks[0][0].new_zeros(())
         overflow: Tensor | None = None  # sync-free with a scaler: some grad L_k overflowed
         for j, k in enumerate(perturbed):
-            eps, sums[j] = sums[j], []  # the buffer becomes eps_k, then is freed
+            eps, sums[j] = sums[j], []  # the buffer becomes eps_k, freed once applied
             overflow = self._eps_in_place(eps, params, k, plan, scaler, inv_scale, overflow)
-            with torch.no_grad():
-                torch._foreach_add_(data, eps)
-            del eps
-            kept: Kept | None = None
-            if plan.present is not None:  # a strict step runs these passes only if k is present
-                kept = self._bn.keep_unless(plan.present[k])
-            self._bn.freeze()  # with bn_update="clean": statistics of the clean passes only
-            try:
+            with self._shifted(data, backup, eps, k, plan):
                 for m, (closure, _) in enumerate(micro):
                     last = j == len(perturbed) - 1 and m == len(micro) - 1
                     shifted = self._perturbed_pass(
@@ -709,18 +686,43 @@ class GroupwiseSAM(WrappedOptimizer):
                     )
                     if shifted is not None:
                         total = total + shifted
-            finally:
-                with torch.no_grad():
-                    torch._foreach_copy_(data, backup)
-                self._bn.unfreeze()
-                put_back(kept)
+        self._check_perturbed_total(total, strict, scaler)
+        return outs
+
+    @contextlib.contextmanager
+    def _shifted(
+        self, data: list[Tensor], backup: list[Tensor], eps: list[Tensor], group: int, plan: _Plan
+    ) -> Iterator[None]:
+        """The parameters at ``theta + eps_k`` for group ``k``'s perturbed passes, and the
+        BatchNorm policy for them; ``theta`` (from ``backup``) and the buffers are restored
+        on exit. ``eps`` is consumed: the list is emptied once added, freeing it."""
+        with torch.no_grad():
+            torch._foreach_add_(data, eps)  # through .data: the clean graph stays valid
+        eps.clear()
+        kept: Kept | None = None
+        if plan.present is not None:  # a strict step runs these passes only if k is present
+            kept = self._bn.keep_unless(plan.present[group])
+        self._bn.freeze()  # with bn_update="clean": statistics of the clean passes only
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(data, backup)
+            self._bn.unfreeze()
+            put_back(kept)
+
+    def _check_perturbed_total(
+        self, total: Tensor, strict: bool, scaler: torch.amp.GradScaler | None
+    ) -> None:
+        """A strict step without a scaler raises :class:`NonFiniteLossError` when the
+        perturbed losses summed to a non-finite ``total`` (sync-free steps and the scaler
+        skip such a step instead)."""
         if strict and self.check_finite and scaler is None:
             ensure_finite(
                 total,
                 "the forward pass at theta + eps_k returned non-finite losses; "
                 "the parameters were restored and no step was taken",
             )
-        return outs
 
     def _clean_micro(
         self,
