@@ -62,8 +62,8 @@ from focalsam.optim.errors import (
     StepOrderError,
 )
 from focalsam.optim.policies.batchnorm import BatchNormPolicy, Kept, put_back
-from focalsam.optim.policies.ddp import distributed
-from focalsam.optim.policies.scaler import active_scaler, base_step, unscale_
+from focalsam.optim.policies.ddp import GradAllReduce, distributed
+from focalsam.optim.policies.scaler import active_scaler, base_step, scaled, unscale_
 from focalsam.optim.policies.syncfree import (
     PERTURBED_LOSS,
     SkipReport,
@@ -77,6 +77,7 @@ from focalsam.optim.validators import (
     check_micro_batches,
     check_targets,
     checked_values,
+    detached,
     ensure_finite,
     losses_of,
     validate_engine_settings,
@@ -285,6 +286,7 @@ class GroupwiseSAM(WrappedOptimizer):
         self.bn_update: BatchNormUpdate = bn_update
         self._bn = BatchNormPolicy(model, bn_update)
         self.ascent_all_reduce = ascent_all_reduce
+        self._all_reduce = GradAllReduce()  # averages by hand: the ascent, a clean-only step
         self.max_grad_norm = max_grad_norm
         self.per_tensor = bool(per_tensor)
         self.check_finite = check_finite
@@ -344,7 +346,7 @@ class GroupwiseSAM(WrappedOptimizer):
             zero_grads(params)
             raise
         self._update(params, strict, scaler, plan)
-        return _detached(out, losses)
+        return detached(out, losses)
 
     def step_accumulated(
         self,
@@ -601,12 +603,12 @@ class GroupwiseSAM(WrappedOptimizer):
         if plan.clean:
             with self._context(sync=not perturbed):
                 backward_fn(
-                    _scaled(torch.dot(losses, clean) / size, scaler),
+                    scaled(torch.dot(losses, clean) / size, scaler),
                     retain_graph=bool(perturbed),  # the groups' gradients need the graph
                 )
         if not perturbed:
             if distributed() and getattr(self.model, "no_sync", None) is not None:
-                _average_grads(params)  # the clean forward ran under no_sync
+                self._all_reduce(params)  # the clean forward ran under no_sync
             return
         data = [p.data for p in params]
         backup = self._backup(params)
@@ -617,7 +619,7 @@ class GroupwiseSAM(WrappedOptimizer):
             last = j == len(perturbed) - 1
             mask = (group == k).to(losses.dtype)
             grads = torch.autograd.grad(
-                _scaled(torch.dot(losses, mask) / size, scaler),
+                scaled(torch.dot(losses, mask) / size, scaler),
                 params,
                 retain_graph=not last,
                 allow_unused=True,
@@ -660,7 +662,7 @@ class GroupwiseSAM(WrappedOptimizer):
             sizes.append(int(group.numel()))
         if not perturbed:
             if distributed() and getattr(self.model, "no_sync", None) is not None:
-                _average_grads(params)  # the clean forwards ran under no_sync
+                self._all_reduce(params)  # the clean forwards ran under no_sync
             return outs
         data = [p.data for p in params]
         backup = self._backup(params)
@@ -755,14 +757,14 @@ class GroupwiseSAM(WrappedOptimizer):
         if plan.clean:
             with self._context(sync=not perturbed):
                 backward_fn(
-                    _scaled(torch.dot(losses, clean) / batch, scaler),
+                    scaled(torch.dot(losses, clean) / batch, scaler),
                     retain_graph=bool(perturbed),
                 )
         masks = []
         for j, k in enumerate(perturbed):
             mask = (group == k).to(losses.dtype)
             grads = torch.autograd.grad(
-                _scaled(torch.dot(losses, mask) / batch, scaler),
+                scaled(torch.dot(losses, mask) / batch, scaler),
                 params,
                 retain_graph=j < len(perturbed) - 1,
                 allow_unused=True,
@@ -773,7 +775,7 @@ class GroupwiseSAM(WrappedOptimizer):
             else:
                 sums.append(g)
             masks.append(mask)
-        return _detached(out, losses), masks
+        return detached(out, losses), masks
 
     def _perturbed_pass(
         self,
@@ -798,7 +800,7 @@ class GroupwiseSAM(WrappedOptimizer):
             if last and overflow is not None:
                 # inf in every replica's .grad before the all-reduce: the scaler skips
                 weighted = weighted * torch.where(overflow, float("inf"), 1.0)
-            backward_fn(_scaled(weighted, scaler))
+            backward_fn(scaled(weighted, scaler))
         if strict:
             return torch.dot(shifted.detach(), mask)
         if self.check_finite and scaler is None:
@@ -825,7 +827,7 @@ class GroupwiseSAM(WrappedOptimizer):
         elif inv_scale != 1.0:
             torch._foreach_mul_(g, inv_scale)
         if self.ascent_all_reduce and distributed():
-            _average(g)
+            self._all_reduce.average(g)
         norms = torch.stack(torch._foreach_norm(g))
         norm = norms if self.per_tensor else torch.linalg.vector_norm(norms)
         if plan.ascent is None:
@@ -944,15 +946,6 @@ def _zero_unless_finite(eps: list[Tensor], norm: Tensor, overflow: Tensor | None
     return bad if overflow is None else overflow | bad
 
 
-def _detached(out: Any, losses: Tensor) -> Any:
-    """A closure's output with its losses detached."""
-    return (losses.detach(), *out[1:]) if isinstance(out, tuple) else losses.detach()
-
-
-def _scaled(loss: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
-    return loss if scaler is None else scaler.scale(loss)
-
-
 @torch.no_grad()
 def _poison(params: list[Tensor]) -> None:
     """Make ``.grad`` non-finite (the scaler then skips the step)."""
@@ -960,23 +953,6 @@ def _poison(params: list[Tensor]) -> None:
     if p.grad is None:
         p.grad = torch.zeros_like(p)
     p.grad.view(-1)[0] = float("inf")
-
-
-def _average(tensors: list[Tensor]) -> None:
-    """Average ``tensors`` over the replicas in place: one all-reduce of one flat buffer."""
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat.div_(dist.get_world_size())
-    torch._foreach_copy_(
-        tensors, [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-    )
-
-
-def _average_grads(params: list[Tensor]) -> None:
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    _average([p.grad for p in params])  # type: ignore[misc]
 
 
 __all__ = ["FixedRadii", "GroupRadius", "GroupwiseSAM"]

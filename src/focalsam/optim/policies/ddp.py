@@ -79,12 +79,17 @@ class GradAllReduce:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
-        total = sum(g.numel() for g in grads)
+        self.average([p.grad for p in params if p.grad is not None])
+
+    def average(self, tensors: list[Tensor]) -> None:
+        """Average ``tensors`` over the replicas in place (one all-reduce)."""
+        total = sum(t.numel() for t in tensors)
         if self._flat is None or self._flat.numel() != total:
-            self._flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
-        views = [v.view_as(g) for v, g in zip(self._flat.split([g.numel() for g in grads]), grads)]
-        torch._foreach_copy_(views, grads)
+            self._flat = torch.empty(total, dtype=tensors[0].dtype, device=tensors[0].device)
+        views = [
+            v.view_as(t) for v, t in zip(self._flat.split([t.numel() for t in tensors]), tensors)
+        ]
+        torch._foreach_copy_(views, tensors)
         dist.all_reduce(self._flat)
         self._flat.div_(dist.get_world_size())
-        torch._foreach_copy_(grads, views)
+        torch._foreach_copy_(tensors, views)
