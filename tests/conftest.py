@@ -304,3 +304,34 @@ def patch_host_reads(monkeypatch: Any) -> None:
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, fail)
+
+
+def three_group_batches() -> list[tuple[Tensor, Tensor]]:
+    """Six batches of 12 over 4 classes; the first four hold only two classes each (so
+    each of :func:`three_group_engine`'s groups is missing from some batch)."""
+    data = tiny_batches(6, batch=12, seed=3)
+    for i, kept in ((0, [0, 1]), (1, [2, 3]), (2, [0, 3]), (3, [1, 2])):
+        data[i] = (data[i][0], torch.tensor(kept)[data[i][1] % 2])  # classes 'kept' only
+    return data
+
+
+def three_group_engine(model: nn.Module, *, per_tensor: bool, strict_checks: bool) -> Any:
+    """The generic group-wise engine with everything switched on: three groups over 4
+    classes, one with radius 0 (folded into the clean pass), a clean weight, two parameter
+    groups with their own rho, and every other step plain (sam_every 2)."""
+    from focalsam.optim.groupwise import GroupwiseSAM
+
+    params = list(model.parameters())
+    return GroupwiseSAM(
+        [{"params": params[:2], "rho": 0.5}, {"params": params[2:]}],
+        torch.optim.SGD,
+        group_of=[0, 1, 1, 2],
+        radius=[0.2, 0.0, 0.4],
+        clean_weight=0.3,
+        group_weight=0.7,
+        per_tensor=per_tensor,
+        sam_every=2,
+        model=model,
+        strict_checks=strict_checks,
+        **SGD,
+    )

@@ -8,13 +8,21 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import InfGrad, demo_config, run_gloo, silent_trainer, tiny_batches, tiny_model
+from conftest import (
+    InfGrad,
+    demo_config,
+    run_gloo,
+    silent_trainer,
+    three_group_batches,
+    three_group_engine,
+    tiny_batches,
+    tiny_model,
+)
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from focalsam.optim import CCSAM, AccumulationError, NonFiniteLossError, SkipReport
 from focalsam.optim.ccsam import GroupwiseCCSAM
-from focalsam.optim.groupwise import GroupwiseSAM
 from focalsam.optim.sse_sam import SSESAM
 
 COUNTS = [40, 20, 6, 2]
@@ -125,26 +133,11 @@ def test_the_engine_with_three_groups_accumulates_exactly(strict, per_tensor):
     """Three groups, one with radius 0 (folded into the clean pass), a clean weight,
     two parameter groups with their own rho, every other step plain (sam_every 2);
     batches missing groups."""
-    data = tiny_batches(6, batch=12, seed=3)
-    for i, kept in ((0, [0, 1]), (1, [2, 3]), (2, [0, 3]), (3, [1, 2])):
-        data[i] = (data[i][0], torch.tensor(kept)[data[i][1] % 2])
+    data = three_group_batches()
     states = []
     for split in (None, (4, 8), (2, 5, 5)):
         model = tiny_model(batchnorm=False)
-        params = list(model.parameters())
-        opt = GroupwiseSAM(
-            [{"params": params[:2], "rho": 0.5}, {"params": params[2:]}],
-            torch.optim.SGD,
-            group_of=[0, 1, 1, 2],
-            radius=[0.2, 0.0, 0.4],
-            clean_weight=0.3,
-            group_weight=0.7,
-            per_tensor=per_tensor,
-            sam_every=2,
-            model=model,
-            strict_checks=strict,
-            **SGD,
-        )
+        opt = three_group_engine(model, per_tensor=per_tensor, strict_checks=strict)
         for x, y in data:
             if split is None:
                 opt.step(ce(model, x, y), y)

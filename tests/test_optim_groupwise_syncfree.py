@@ -20,6 +20,8 @@ from conftest import (
     patch_host_reads,
     run_gloo,
     silent_trainer,
+    three_group_batches,
+    three_group_engine,
 )
 from conftest import tiny_batches as make_batches
 from conftest import tiny_model as make_model
@@ -118,27 +120,11 @@ def test_the_engine_sync_free_equals_strict_with_three_groups(per_tensor):
     """The generic engine: three groups, one with radius 0 (folded into the clean pass),
     a clean weight, two parameter groups with their own rho, every other step plain
     (sam_every 2); batches missing each group in turn."""
-    data = make_batches(6, batch=12, seed=3)
-    for i, kept in ((0, [0, 1]), (1, [2, 3]), (2, [0, 3]), (3, [1, 2])):
-        y = data[i][1]
-        data[i] = (data[i][0], torch.tensor(kept)[y % 2])  # classes 'kept' only
+    data = three_group_batches()
     states = []
     for strict in (True, False):
         model = make_model()
-        params = list(model.parameters())
-        opt = GroupwiseSAM(
-            [{"params": params[:2], "rho": 0.5}, {"params": params[2:]}],
-            torch.optim.SGD,
-            group_of=[0, 1, 1, 2],
-            radius=[0.2, 0.0, 0.4],
-            clean_weight=0.3,
-            group_weight=0.7,
-            per_tensor=per_tensor,
-            sam_every=2,
-            model=model,
-            strict_checks=strict,
-            **SGD,
-        )
+        opt = three_group_engine(model, per_tensor=per_tensor, strict_checks=strict)
         for x, y in data:
             opt.step(ce(model, x, y), y)
         assert opt.take_skip_report() is None
