@@ -335,3 +335,18 @@ def three_group_engine(model: nn.Module, *, per_tensor: bool, strict_checks: boo
         strict_checks=strict_checks,
         **SGD,
     )
+
+
+def count_all_reduces(model: Any) -> list[Any]:
+    """Register a comm hook on the DDP ``model`` that averages gradients as DDP's default
+    does and records each bucket all-reduce: the returned list grows by one per call."""
+    calls: list[Any] = []
+    world = dist.get_world_size()
+
+    def counting_hook(state, bucket):  # unannotated: DDP checks a hook's annotations
+        calls.append(1)
+        tensor = bucket.buffer().div_(world)
+        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
+
+    model.register_comm_hook(None, counting_hook)
+    return calls

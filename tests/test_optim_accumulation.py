@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import (
     COUNTS,
@@ -14,6 +13,7 @@ from conftest import (
     SGD,
     ascent,
     build,
+    count_all_reduces,
     hand_class_weights,
     per_sample_ce,
     run_gloo,
@@ -216,14 +216,7 @@ DDP_KW = {"ascent_all_reduce": True, "strict_checks": False}
 
 def _ddp_worker(rank: int, world: int, out: str) -> None:
     model = DDP(tiny_model(batchnorm=False))
-    calls = []
-
-    def counting_hook(state, bucket):
-        calls.append(1)
-        tensor = bucket.buffer().div_(world)
-        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
-
-    model.register_comm_hook(None, counting_hook)
+    calls = count_all_reduces(model)
     opt = build("focal_sam", model, model=model, **DDP_KW)
     per_step = []
     for x, y in tiny_batches(3, batch=16):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import run_gloo, tiny_batches, tiny_model
+from conftest import count_all_reduces, run_gloo, tiny_batches, tiny_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from focalsam.optim import FocalSAM
@@ -19,14 +18,7 @@ STEPS = 3
 
 def _worker(rank: int, world: int, out: str, ascent_all_reduce: bool) -> None:
     model = DDP(tiny_model(batchnorm=False))
-    calls = []
-
-    def counting_hook(state, bucket):
-        calls.append(1)
-        tensor = bucket.buffer().div_(world)
-        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
-
-    model.register_comm_hook(None, counting_hook)
+    calls = count_all_reduces(model)
     opt = FocalSAM(
         model.parameters(),
         torch.optim.SGD,

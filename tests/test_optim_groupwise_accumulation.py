@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import (
     InfGrad,
+    count_all_reduces,
     demo_config,
     run_gloo,
     silent_trainer,
@@ -289,14 +289,7 @@ def _ddp_batches() -> list[tuple[Tensor, Tensor]]:
 
 def _ddp_worker(rank: int, world: int, out: str, strict: bool) -> None:
     model = DDP(tiny_model(batchnorm=False))
-    calls: list[int] = []
-
-    def counting_hook(state, bucket):
-        calls.append(1)
-        tensor = bucket.buffer().div_(world)
-        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
-
-    model.register_comm_hook(None, counting_hook)
+    calls = count_all_reduces(model)
     opt = sse(model.module, strict, model=model, ascent_all_reduce=True)
     per_step = []
     for epoch in range(2):  # the second epoch is after the cut

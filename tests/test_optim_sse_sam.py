@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import (
     InfGrad,
     checkpoint_roundtrip,
+    count_all_reduces,
     demo_config,
     run_gloo,
     silent_trainer,
@@ -331,14 +331,7 @@ def _ddp_batches() -> list[tuple[Tensor, Tensor]]:
 
 def _ddp_worker(rank: int, world: int, out: str, ascent_all_reduce: bool) -> None:
     model = DDP(tiny_model(batchnorm=False))
-    calls: list[int] = []
-
-    def counting_hook(state, bucket):
-        calls.append(1)
-        tensor = bucket.buffer().div_(world)
-        return dist.all_reduce(tensor, async_op=True).get_future().then(lambda f: f.value()[0])
-
-    model.register_comm_hook(None, counting_hook)
+    calls = count_all_reduces(model)
     opt = sse(model.module, model=model, ascent_all_reduce=ascent_all_reduce)
     per_step = []
     for step, (x, y) in enumerate(_ddp_batches() * 2):
