@@ -322,14 +322,7 @@ class GroupwiseSAM(WrappedOptimizer):
         scaler = active_scaler(scaler)
         backward_fn = backward or default_backward
         params = trainable(self.param_groups)
-        strict = self._strict_now(params)
-        if strict:
-            self._guard.calls += 1  # strict steps are counted on the host
-        else:
-            self._guard.begin(self.base_optimizer, params, self.model)
-        zero_grads(params)
-        self.last_radii = {}
-        sharp_step = self._steps % self.sam_every == 0
+        strict, sharp_step = self._begin(params)
         with self._context(sync=False):
             out = closure()
         losses = losses_of(out)
@@ -399,14 +392,7 @@ class GroupwiseSAM(WrappedOptimizer):
         scaler = active_scaler(scaler)
         backward_fn = backward or default_backward
         params = trainable(self.param_groups)
-        strict = self._strict_now(params)
-        if strict:
-            self._guard.calls += 1  # strict steps are counted on the host
-        else:
-            self._guard.begin(self.base_optimizer, params, self.model)
-        zero_grads(params)
-        self.last_radii = {}
-        sharp_step = self._steps % self.sam_every == 0
+        strict, sharp_step = self._begin(params)
         groups = [self._groups_on(t.device)[t.clamp(0, self.num_classes - 1)] for t in labels]
         plan = self._accumulated_plan(labels, groups, batch, strict, sharp_step)
         try:
@@ -416,6 +402,18 @@ class GroupwiseSAM(WrappedOptimizer):
             raise
         self._update(params, strict, scaler, plan)
         return outs
+
+    def _begin(self, params: list[Tensor]) -> tuple[bool, bool]:
+        """Start a step: whether it is strict (else the guard saves what it may change),
+        gradients zeroed, and whether it is sharpness-aware (``sam_every``)."""
+        strict = self._strict_now(params)
+        if strict:
+            self._guard.calls += 1  # strict steps are counted on the host
+        else:
+            self._guard.begin(self.base_optimizer, params, self.model)
+        zero_grads(params)
+        self.last_radii = {}
+        return strict, self._steps % self.sam_every == 0
 
     def passes_per_step(self) -> tuple[float, float] | None:
         """Mean (forward, backward) passes per step so far (``None`` before a step)."""
