@@ -61,9 +61,50 @@ from _steps import (
     make_step,
 )
 from _timing import interleaved_medians, sync
+from torch import Tensor, nn
 
 from focalsam.models import resnet32
 from focalsam.optim import create_optimizer
+
+
+def time_counted_steps(
+    built: dict[str, tuple[nn.Module, Any]],
+    x: Tensor,
+    y: Tensor,
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    classifier: bool,
+) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
+    """Median seconds per step of each ``(ResNet-32, optimizer)`` on one batch, timed
+    interleaved, and the passes of its first step counted by hooks: forward and backward
+    passes of the network (and of its classifier ``fc`` alone when ``classifier``)."""
+    keys = ["forward", "backward"]
+    if classifier:
+        keys += ["classifier_forward", "classifier_backward"]
+    steps, passes = {}, {}
+    for label, (model, opt) in built.items():
+        count = dict.fromkeys(keys, 0)
+
+        def counter(key: str, c: dict[str, int] = count) -> Callable[..., None]:
+            return lambda *_: c.__setitem__(key, c[key] + 1)
+
+        model.register_forward_hook(counter("forward"))
+        model.conv1.weight.register_hook(counter("backward"))
+        if classifier:
+            model.fc.register_forward_hook(counter("classifier_forward"))
+            model.fc.weight.register_hook(counter("classifier_backward"))
+
+        def step(model: nn.Module = model, opt: Any = opt) -> None:
+            opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
+
+        step()
+        passes[label] = dict(count)
+        steps[label] = step
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    return interleaved_medians(steps, device, rounds), passes
 
 
 def ccsam_section(
@@ -83,35 +124,14 @@ def ccsam_section(
         ),
         "ccsam_network": ("ccsam", {"rho": 1e-6, "class_counts": COUNTS100, "mode": "network"}),
     }
-    steps, passes = {}, {}
+    built = {}
     for label, (name, kw) in methods.items():
         torch.manual_seed(seed)
         model = resnet32(num_classes=100).to(device)
         if name == "ccsam":
             kw = {**kw, "classifier": model.fc}
-        opt = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
-        count = dict.fromkeys(
-            ("forward", "backward", "classifier_forward", "classifier_backward"), 0
-        )
-
-        def counter(key: str, c: dict[str, int] = count) -> Callable[..., None]:
-            return lambda *_: c.__setitem__(key, c[key] + 1)
-
-        model.register_forward_hook(counter("forward"))
-        model.conv1.weight.register_hook(counter("backward"))
-        model.fc.register_forward_hook(counter("classifier_forward"))
-        model.fc.weight.register_hook(counter("classifier_backward"))
-
-        def step(model=model, opt=opt) -> None:
-            opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
-
-        step()
-        passes[label] = dict(count)
-        steps[label] = step
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    med = interleaved_medians(steps, device, rounds)
+        built[label] = (model, create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW))
+    med, passes = time_counted_steps(built, x, y, device, rounds, warmup, classifier=True)
     return {
         "classes": 100,
         "classes_in_batch": int(torch.unique(y).numel()),
@@ -145,7 +165,7 @@ def sse_sam_section(
         "sse_sam_before_syncfree": ("sse_sam", {**sse, "gamma": 0.7, **SYNC_FREE}, 0),
         "sse_sam_after_syncfree": ("sse_sam", {**sse, "gamma": 0.7, **SYNC_FREE}, 7),
     }
-    steps, passes = {}, {}
+    built = {}
     for label, (name, kw, epoch) in methods.items():
         torch.manual_seed(seed)
         model = resnet32(num_classes=100).to(device)
@@ -154,24 +174,8 @@ def sse_sam_section(
         opt: Any = create_optimizer(name, model.parameters(), "sgd", **kw, **SGD_KW)
         if epoch is not None:
             opt.set_epoch(epoch, 10)
-        count = dict.fromkeys(("forward", "backward"), 0)
-
-        def counter(key: str, c: dict[str, int] = count) -> Callable[..., None]:
-            return lambda *_: c.__setitem__(key, c[key] + 1)
-
-        model.register_forward_hook(counter("forward"))
-        model.conv1.weight.register_hook(counter("backward"))
-
-        def step(model=model, opt=opt) -> None:
-            opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"), y)
-
-        step()
-        passes[label] = dict(count)
-        steps[label] = step
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    med = interleaved_medians(steps, device, rounds)
+        built[label] = (model, opt)
+    med, passes = time_counted_steps(built, x, y, device, rounds, warmup, classifier=False)
     tail = sum(1 for n in COUNTS100 if n < 100)
     return {
         "classes": 100,
