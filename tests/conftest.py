@@ -350,3 +350,20 @@ def count_all_reduces(model: Any) -> list[Any]:
 
     model.register_comm_hook(None, counting_hook)
     return calls
+
+
+def training_state(model: nn.Module, opt: Any) -> dict[str, Tensor]:
+    """Parameters, buffers (BatchNorm statistics) and every tensor of the optimizer's
+    per-parameter state (momentum, ...), cloned, by name."""
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for i, p in enumerate(model.parameters()):
+        for k, v in opt.state.get(p, {}).items():
+            out[f"state.{i}.{k}"] = v.clone()
+    return out
+
+
+def assert_states_close(a: dict[str, Tensor], b: dict[str, Tensor], atol: float = 1e-12) -> None:
+    """Two :func:`training_state` results hold the same names, equal to ``atol``."""
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)

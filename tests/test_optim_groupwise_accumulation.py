@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     InfGrad,
+    assert_states_close,
     count_all_reduces,
     demo_config,
     run_gloo,
@@ -17,6 +18,7 @@ from conftest import (
     three_group_engine,
     tiny_batches,
     tiny_model,
+    training_state,
 )
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -43,22 +45,6 @@ def ce(model: nn.Module, x: Tensor, y: Tensor):
 
 def micro_of(model: nn.Module, x: Tensor, y: Tensor, split: tuple[int, ...]):
     return [(ce(model, xm, ym), ym) for xm, ym in zip(x.split(split), y.split(split))]
-
-
-def state_of(model: nn.Module, opt) -> dict[str, Tensor]:
-    """Parameters, buffers and the base optimizer's momentum, by name."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for i, p in enumerate(model.parameters()):
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            state[f"momentum.{i}"] = buf.clone()
-    return state
-
-
-def assert_close(a: dict[str, Tensor], b: dict[str, Tensor], atol: float = 1e-12) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
 def batches_with_holes(seed: int = 1) -> list[tuple[Tensor, Tensor]]:
@@ -95,7 +81,7 @@ def test_sse_sam_accumulation_equals_one_step_on_the_whole_batch(strict, split):
     """Before and after the cut, with a micro-batch and a whole batch lacking the tail."""
     whole, opt_w = run_sse(strict, None)
     accum, opt_a = run_sse(strict, split)
-    assert_close(state_of(whole, opt_w), state_of(accum, opt_a))
+    assert_states_close(training_state(whole, opt_w), training_state(accum, opt_a))
     assert opt_a.take_skip_report() is None
     # counted over the whole batch: the micro-batches make one pass together
     assert opt_a.pass_counts == opt_w.pass_counts
@@ -111,7 +97,7 @@ def test_clipping_applies_to_the_whole_accumulated_gradient(strict):
     whole, opt_w = run_sse(strict, None, max_grad_norm=0.05)
     accum, opt_a = run_sse(strict, (5, 7), max_grad_norm=0.05)
     unclipped, _ = run_sse(strict, (5, 7))
-    assert_close(state_of(whole, opt_w), state_of(accum, opt_a))
+    assert_states_close(training_state(whole, opt_w), training_state(accum, opt_a))
     assert not torch.allclose(accum[0].weight, unclipped[0].weight)  # the clip was active
 
 
@@ -123,7 +109,7 @@ def test_one_micro_batch_is_step_bit_for_bit(strict):
         out_a = opt_a.step(ce(a, x, y), y)
         (out_b,) = opt_b.step_accumulated([(ce(b, x, y), y)])
         assert torch.equal(out_a, out_b)
-    sa, sb = state_of(a, opt_a), state_of(b, opt_b)
+    sa, sb = training_state(a, opt_a), training_state(b, opt_b)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -144,9 +130,9 @@ def test_the_engine_with_three_groups_accumulates_exactly(strict, per_tensor):
             else:
                 opt.step_accumulated(micro_of(model, x, y, split))
         assert opt.take_skip_report() is None
-        states.append(state_of(model, opt))
-    assert_close(states[0], states[1])
-    assert_close(states[0], states[2])
+        states.append(training_state(model, opt))
+    assert_states_close(states[0], states[1])
+    assert_states_close(states[0], states[2])
 
 
 # ------------------------------------------------------------- AMP, failed checks
@@ -159,9 +145,9 @@ def test_a_grad_scaler_accumulates_exactly_and_one_overflow_skips_the_whole_step
     for _ in range(2):
         opt_a.step_accumulated(micro_of(a, x, y, (5, 7)), scaler=scaler)
         opt_b.step(ce(b, x, y), y)
-    assert_close(state_of(a, opt_a), state_of(b, opt_b))
+    assert_states_close(training_state(a, opt_a), training_state(b, opt_b))
 
-    before = state_of(a, opt_a)
+    before = training_state(a, opt_a)
     calls: list[int] = []
 
     def overflowing() -> Tensor:  # an overflow in the backward passes at theta only
@@ -172,7 +158,7 @@ def test_a_grad_scaler_accumulates_exactly_and_one_overflow_skips_the_whole_step
     micro = [(ce(a, x[:5], y[:5]), y[:5]), (overflowing, y[5:])]
     scale = scaler.get_scale()
     opt_a.step_accumulated(micro, scaler=scaler)
-    assert_close(before, state_of(a, opt_a), atol=0)  # params and momentum unchanged
+    assert_states_close(before, training_state(a, opt_a), atol=0)  # params and momentum unchanged
     assert scaler.get_scale() == scale / 2  # one update, backed off once
     assert opt_a.take_skip_report() is None  # the scaler's to skip, not reported
 
@@ -184,7 +170,7 @@ def test_a_sync_free_nan_in_one_micro_batch_rolls_the_step_back_and_is_reported(
     opt = sse(model, False, model=model, max_grad_norm=1.0)
     opt.set_epoch(0, 2)
     opt.step_accumulated(micro_of(model, *data[0], (5, 7)))
-    before = state_of(model, opt)
+    before = training_state(model, opt)
     x, y = data[1]
     calls: list[int] = []
     nan_at = 1 if where == "theta" else 3  # micro-batch 2: call 1 at theta, 2 and 3 perturbed
@@ -196,9 +182,9 @@ def test_a_sync_free_nan_in_one_micro_batch_rolls_the_step_back_and_is_reported(
 
     opt.step_accumulated([(ce(model, x[:5], y[:5]), y[:5]), (bad, y[5:])])  # no raise
     assert len(calls) == 3  # both groups perturbed: 1 + 2 calls
-    assert_close(before, state_of(model, opt), atol=0)
+    assert_states_close(before, training_state(model, opt), atol=0)
     opt.step_accumulated(micro_of(model, *data[2], (5, 7)))  # the next step proceeds
-    assert not torch.equal(state_of(model, opt)["0.weight"], before["0.weight"])
+    assert not torch.equal(training_state(model, opt)["0.weight"], before["0.weight"])
     report = opt.take_skip_report()
     assert isinstance(report, SkipReport)
     assert (report.count, report.first_index) == (1, 1)
@@ -210,11 +196,11 @@ def test_a_strict_nan_raises_and_takes_no_step():
     x, y = batches_with_holes()[0]
     model = tiny_model(batchnorm=False)
     opt = sse(model, True)
-    before = state_of(model, opt)
+    before = training_state(model, opt)
     nan = lambda: ce(model, x[5:], y[5:])() * float("nan")  # noqa: E731
     with pytest.raises(NonFiniteLossError, match="returned 7 non-finite losses out of 7"):
         opt.step_accumulated([(ce(model, x[:5], y[:5]), y[:5]), (nan, y[5:])])
-    assert_close(before, state_of(model, opt), atol=0)
+    assert_states_close(before, training_state(model, opt), atol=0)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
@@ -245,8 +231,8 @@ def test_sync_free_accumulation_keeps_batchnorm_as_strict(bn_update):
     states = []
     for strict in (True, False):
         model, opt = run_sse(strict, (5, 7), model=tiny_model(), bn_update=bn_update)
-        states.append(state_of(model, opt))
-    assert_close(*states)
+        states.append(training_state(model, opt))
+    assert_states_close(*states)
 
 
 def test_bn_update_clean_keeps_the_statistics_of_the_clean_passes_only():

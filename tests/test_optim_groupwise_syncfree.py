@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import (
     InfGrad,
     NoHostSync,
+    assert_states_close,
     checkpoint_roundtrip,
     demo_config,
     patch_host_reads,
@@ -22,6 +23,7 @@ from conftest import (
     silent_trainer,
     three_group_batches,
     three_group_engine,
+    training_state,
 )
 from conftest import tiny_batches as make_batches
 from conftest import tiny_model as make_model
@@ -65,21 +67,6 @@ def batches(seed: int = 1) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
-def state_of(model: nn.Module, opt) -> dict[str, Tensor]:
-    """Parameters, buffers (BatchNorm statistics) and momentum, cloned."""
-    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for i, p in enumerate(model.parameters()):
-        for k, v in opt.state.get(p, {}).items():
-            out[f"state.{i}.{k}"] = v.clone()
-    return out
-
-
-def assert_close(a: dict[str, Tensor], b: dict[str, Tensor], atol: float = 1e-12) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
-
-
 def assert_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -105,7 +92,7 @@ def test_sync_free_equals_strict_with_absent_groups_and_the_cut(bn_update):
     data = batches()
     train(strict_model, strict, data)
     train(free_model, free, data)
-    assert_close(state_of(strict_model, strict), state_of(free_model, free))
+    assert_states_close(training_state(strict_model, strict), training_state(free_model, free))
     assert free.take_skip_report() is None
     # the sync-free step really ran the absent groups' passes: 1 + 2 forward passes per
     # step before the cut, 1 + 1 after it; strict skips the tail-less and head-less ones
@@ -128,8 +115,8 @@ def test_the_engine_sync_free_equals_strict_with_three_groups(per_tensor):
         for x, y in data:
             opt.step(ce(model, x, y), y)
         assert opt.take_skip_report() is None
-        states.append(state_of(model, opt))
-    assert_close(*states)
+        states.append(training_state(model, opt))
+    assert_states_close(*states)
 
 
 def test_a_group_without_a_class_gets_no_pass():
@@ -144,8 +131,8 @@ def test_a_group_without_a_class_gets_no_pass():
             opt.set_epoch(epoch, EPOCHS)
             opt.step(ce(model, x, y), y)
         assert opt.tail_classes == [] and opt.passes_per_step() == (1.5, 1.5)
-        states.append(state_of(model, opt))
-    assert_close(*states)
+        states.append(training_state(model, opt))
+    assert_states_close(*states)
 
 
 def test_no_host_read_in_a_sync_free_step(monkeypatch):
@@ -185,19 +172,19 @@ def test_a_grad_scaler_step_and_its_overflow_equal_strict():
         opt = sse(model, strict, model=model)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         opt.step(ce(model, x, y), y, scaler=scaler)
-        before = state_of(model, opt)
+        before = training_state(model, opt)
         overflow = lambda m=model: F.cross_entropy(InfGrad.apply(m(x)), y, reduction="none")  # noqa: E731
         opt.step(overflow, y, scaler=scaler)
-        after = state_of(model, opt)
+        after = training_state(model, opt)
         names = [n for n, _ in model.named_parameters()]
         names += [k for k in after if k.startswith("state.")]  # momentum
         assert len(names) == 12 and all(torch.equal(before[k], after[k]) for k in names)
         opt.step(ce(model, x, y), y, scaler=scaler)
-        results.append((state_of(model, opt), scaler.get_scale(), opt.take_skip_report()))
+        results.append((training_state(model, opt), scaler.get_scale(), opt.take_skip_report()))
     (strict_state, strict_scale, _), (free_state, free_scale, report) = results
     assert strict_scale == free_scale == 2.0**9
     assert report is None  # an fp16 overflow is the scaler's to skip, not an error
-    assert_close(strict_state, free_state)
+    assert_states_close(strict_state, free_state)
 
 
 # ------------------------------------------------------------- failed checks
@@ -229,7 +216,7 @@ def test_a_failed_check_rolls_the_step_back_and_is_reported(where, reason, error
     data = make_batches(4)
     train(model, opt, data[:2])
     x, y = data[2]
-    before = state_of(model, opt)
+    before = training_state(model, opt)
     if where == "label":
         bad = y.clone()
         bad[3] = 7  # the closure clamps, so only the check sees it
@@ -238,9 +225,9 @@ def test_a_failed_check_rolls_the_step_back_and_is_reported(where, reason, error
         calls: list[int] = []
         opt.step(_bad_closure(model, x, y, where, calls), y)  # no raise
         assert len(calls) == 3
-    assert_equal(before, state_of(model, opt))  # params, momentum, BatchNorm statistics
+    assert_equal(before, training_state(model, opt))  # params, momentum, BatchNorm statistics
     train(model, opt, data[3:])  # the next good step proceeds
-    after = state_of(model, opt)
+    after = training_state(model, opt)
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not torch.equal(after["0.weight"], before["0.weight"])
     report = opt.take_skip_report()
@@ -278,7 +265,7 @@ def test_resume_equals_uninterrupted_in_sync_free_mode():
     opt2 = sse(resumed, False, model=resumed)
     opt2.load_state_dict(saved["opt"])
     train(resumed, opt2, data, start=STEPS - 1)
-    assert_equal(state_of(full, full_opt), state_of(resumed, opt2))
+    assert_equal(training_state(full, full_opt), training_state(resumed, opt2))
     assert opt2.pass_counts == full_opt.pass_counts
 
 
@@ -310,19 +297,19 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
                 opt.set_epoch(step // STEPS, EPOCHS)
                 xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
                 opt.step(ce(model, xs, ys), ys)
-            results[(broadcast, ascent_all_reduce, strict)] = state_of(model.module, opt)
+            results[(broadcast, ascent_all_reduce, strict)] = training_state(model.module, opt)
     # a label out of range on replica 1 only: both replicas skip the step
     model = DDP(make_model())
     opt = sse(model.module, False, model=model)
     x, y = _ddp_batches()[0]
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
     opt.step(ce(model, xs, ys), ys)
-    before = state_of(model.module, opt)
+    before = training_state(model.module, opt)
     bad = ys.clone()
     if rank == 1:
         bad[0] = 9  # the closure keeps the true labels: only the check sees it
     opt.step(ce(model, xs, ys), bad)
-    skipped = state_of(model.module, opt)
+    skipped = training_state(model.module, opt)
     report = opt.take_skip_report()
     torch.save(
         {
@@ -350,7 +337,7 @@ def test_ddp_sync_free_equals_strict_ddp_and_a_failed_replica_skips_everywhere(t
             if rank == 1 and broadcast:
                 strict = {k: v for k, v in strict.items() if "running" not in k}
                 free = {k: v for k, v in free.items() if "running" not in k}
-            assert_close(strict, free)
+            assert_states_close(strict, free)
         assert r["unchanged"]
     assert ranks[0]["reason"] == "a check failed on another replica"
     assert ranks[1]["reason"].startswith("label out of range [0, 4)")
